@@ -1,0 +1,78 @@
+//! The crate's error type.
+
+use std::path::PathBuf;
+
+use crate::retry::{BusyCode, Retryable};
+
+/// Everything luca's runtime can fail with.
+///
+/// Every variant that concerns a database file names the file, so a log line is enough to
+/// find it. SQLite's own errors are kept whole (with their extended result code) in
+/// [`Error::Sqlite`], so [`Retryable::busy_code`] can classify them.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An error from SQLite or rusqlite, unchanged.
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+
+    /// A database file could not be opened or configured.
+    #[error("cannot open SQLite database `{}`: {source}", path.display())]
+    Open {
+        /// The file that was being opened.
+        path: PathBuf,
+        /// What SQLite said.
+        #[source]
+        source: rusqlite::Error,
+    },
+
+    /// `PRAGMA journal_mode=WAL` did not take effect (for example on a read-only file or a
+    /// file system without shared memory).
+    #[error(
+        "SQLite database `{}` is in journal mode `{mode}`, not `wal`; \
+         WAL needs a writable file on a local file system",
+        path.display()
+    )]
+    NotWal {
+        /// The file that was being configured.
+        path: PathBuf,
+        /// The journal mode SQLite reported instead.
+        mode: String,
+    },
+
+    /// A path that cannot name a database file.
+    #[error("invalid database path `{}`: {reason}", path.display())]
+    InvalidPath {
+        /// The path as given.
+        path: PathBuf,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+}
+
+/// `Result` with [`luca_core::Error`](Error) as its default error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The SQLite error inside, if any.
+    pub fn sqlite(&self) -> Option<&rusqlite::Error> {
+        match self {
+            Error::Sqlite(e) | Error::Open { source: e, .. } => Some(e),
+            Error::NotWal { .. } | Error::InvalidPath { .. } => None,
+        }
+    }
+
+    /// SQLite's extended result code, if this error came from SQLite.
+    pub fn extended_code(&self) -> Option<i32> {
+        match self.sqlite()? {
+            rusqlite::Error::SqliteFailure(e, _) => Some(e.extended_code),
+            _ => None,
+        }
+    }
+}
+
+impl Retryable for Error {
+    fn busy_code(&self) -> Option<BusyCode> {
+        self.sqlite().and_then(Retryable::busy_code)
+    }
+}

@@ -1,0 +1,175 @@
+//! Process-wide retry counters.
+//!
+//! Every retry made by [`#[db_retry]`](crate::db_retry), [`retry_sync`](crate::retry::retry_sync)
+//! and [`retry_async`](crate::retry::retry_async) is counted here. Counters are relaxed
+//! atomics, touched only when a call meets a busy error: the success path never writes them.
+//!
+//! ```
+//! let before = luca_core::metrics().snapshot();
+//! // … run the workload …
+//! let delta = luca_core::metrics().snapshot().since(&before);
+//! assert_eq!(delta.calls_gave_up, 0);
+//! println!("{delta}");
+//! ```
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use crate::retry::BusyCode;
+
+/// Live retry counters; read them with [`Metrics::snapshot`].
+#[derive(Debug)]
+pub struct Metrics {
+    busy_by_code: [AtomicU64; 7],
+    retries_by_code: [AtomicU64; 7],
+    calls_retried: AtomicU64,
+    calls_recovered: AtomicU64,
+    calls_gave_up: AtomicU64,
+    attempts: AtomicU64,
+    slept_ns: AtomicU64,
+}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const ZERO: AtomicU64 = AtomicU64::new(0);
+
+static GLOBAL: Metrics = Metrics {
+    busy_by_code: [ZERO; 7],
+    retries_by_code: [ZERO; 7],
+    calls_retried: ZERO,
+    calls_recovered: ZERO,
+    calls_gave_up: ZERO,
+    attempts: ZERO,
+    slept_ns: ZERO,
+};
+
+/// The process-wide retry counters.
+pub fn metrics() -> &'static Metrics {
+    &GLOBAL
+}
+
+pub(crate) fn global() -> &'static Metrics {
+    &GLOBAL
+}
+
+impl Metrics {
+    pub(crate) fn record_busy(&self, code: BusyCode) {
+        self.busy_by_code[code.index()].fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn record_call_retried(&self) {
+        self.calls_retried.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn record_retry(&self, code: BusyCode, delay: Duration) {
+        self.retries_by_code[code.index()].fetch_add(1, Relaxed);
+        let ns = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
+        self.slept_ns.fetch_add(ns, Relaxed);
+    }
+
+    pub(crate) fn record_gave_up(&self) {
+        self.calls_gave_up.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn record_finish(&self, attempts: u32, ok: bool) {
+        self.attempts.fetch_add(u64::from(attempts), Relaxed);
+        if ok {
+            self.calls_recovered.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// A copy of every counter. Counters are read one by one, so a snapshot taken while
+    /// retries are under way may be off by the retries in flight.
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        let load = |a: &[AtomicU64; 7]| std::array::from_fn(|i| a[i].load(Relaxed));
+        MetricsSnapshot {
+            busy_by_code: load(&self.busy_by_code),
+            retries_by_code: load(&self.retries_by_code),
+            calls_retried: self.calls_retried.load(Relaxed),
+            calls_recovered: self.calls_recovered.load(Relaxed),
+            calls_gave_up: self.calls_gave_up.load(Relaxed),
+            attempts: self.attempts.load(Relaxed),
+            slept: Duration::from_nanos(self.slept_ns.load(Relaxed)),
+        }
+    }
+}
+
+/// Counter values at one moment. Subtract an earlier snapshot with
+/// [`MetricsSnapshot::since`] to measure one piece of work.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MetricsSnapshot {
+    /// Attempts that ended in a busy/locked error (retried or not), by code; index with
+    /// [`BusyCode::index`].
+    pub busy_by_code: [u64; 7],
+    /// Retries made, by the code that caused them; index with [`BusyCode::index`].
+    pub retries_by_code: [u64; 7],
+    /// Calls that retried at least once.
+    pub calls_retried: u64,
+    /// Calls that retried and then succeeded.
+    pub calls_recovered: u64,
+    /// Calls that returned a busy/locked error because retries ran out or the deadline
+    /// would pass.
+    pub calls_gave_up: u64,
+    /// Attempts made by calls that retried at least once (first attempt included).
+    pub attempts: u64,
+    /// Total backoff time slept.
+    pub slept: Duration,
+}
+
+impl MetricsSnapshot {
+    /// Total retries, every code.
+    pub fn retries(&self) -> u64 {
+        self.retries_by_code.iter().sum()
+    }
+
+    /// Retries caused by `code`.
+    pub fn retries_for(&self, code: BusyCode) -> u64 {
+        self.retries_by_code[code.index()]
+    }
+
+    /// Busy/locked errors met with `code`.
+    pub fn busy_for(&self, code: BusyCode) -> u64 {
+        self.busy_by_code[code.index()]
+    }
+
+    /// What happened between `earlier` and `self`.
+    pub fn since(&self, earlier: &MetricsSnapshot) -> MetricsSnapshot {
+        let sub = |a: &[u64; 7], b: &[u64; 7]| std::array::from_fn(|i| a[i].saturating_sub(b[i]));
+        MetricsSnapshot {
+            busy_by_code: sub(&self.busy_by_code, &earlier.busy_by_code),
+            retries_by_code: sub(&self.retries_by_code, &earlier.retries_by_code),
+            calls_retried: self.calls_retried.saturating_sub(earlier.calls_retried),
+            calls_recovered: self.calls_recovered.saturating_sub(earlier.calls_recovered),
+            calls_gave_up: self.calls_gave_up.saturating_sub(earlier.calls_gave_up),
+            attempts: self.attempts.saturating_sub(earlier.attempts),
+            slept: self.slept.saturating_sub(earlier.slept),
+        }
+    }
+}
+
+impl fmt::Display for MetricsSnapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "retries {} | calls retried {} recovered {} gave up {} | attempts {} | slept {:.1} ms",
+            self.retries(),
+            self.calls_retried,
+            self.calls_recovered,
+            self.calls_gave_up,
+            self.attempts,
+            self.slept.as_secs_f64() * 1e3
+        )?;
+        for code in BusyCode::ALL {
+            let (busy, retried) = (self.busy_for(code), self.retries_for(code));
+            if busy != 0 || retried != 0 {
+                writeln!(
+                    f,
+                    "  {:<26} busy {busy:>8} retried {retried:>8}",
+                    code.name()
+                )?;
+            }
+        }
+        Ok(())
+    }
+}

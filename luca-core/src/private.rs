@@ -1,0 +1,142 @@
+//! Runtime support for macro expansions. Not public API: only generated code uses it.
+
+use std::error::Error as StdError;
+use std::time::{Duration, Instant};
+
+pub use crate::retry::{BusyCode, Jitter, RetryEvent, RetryHook, RetryPolicy, Schedule};
+pub use std::panic::Location;
+
+/// Builds the policy written in `#[db_retry(…)]`; evaluated at compile time.
+pub const fn policy(
+    max_retries: u32,
+    delay_ms: u64,
+    max_delay_ms: Option<u64>,
+    jitter: Jitter,
+    deadline_ms: Option<u64>,
+) -> RetryPolicy {
+    let mut p = RetryPolicy::new()
+        .with_max_retries(max_retries)
+        .with_delay(Duration::from_millis(delay_ms))
+        .with_jitter(jitter);
+    if let Some(ms) = max_delay_ms {
+        p = p.with_max_delay(Duration::from_millis(ms));
+    }
+    if let Some(ms) = deadline_ms {
+        p = p.with_deadline(Some(Duration::from_millis(ms)));
+    }
+    p
+}
+
+/// The monotonic clock of sync code.
+#[inline]
+pub fn now_sync() -> Instant {
+    Instant::now()
+}
+
+/// The monotonic clock of async code: tokio's, so paused-time tests control it.
+#[inline]
+pub fn now_async() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// Blocking backoff sleep.
+#[inline]
+pub fn sleep_sync(delay: Duration) {
+    std::thread::sleep(delay);
+}
+
+/// Async backoff sleep on tokio's timer.
+#[inline]
+pub fn sleep_async(delay: Duration) -> tokio::time::Sleep {
+    tokio::time::sleep(delay)
+}
+
+/// The return type of a `#[db_retry]` function must be a `Result`.
+#[diagnostic::on_unimplemented(
+    message = "`#[db_retry]` needs a function that returns `Result<T, E>`, not `{Self}`",
+    label = "this must be `Result<T, E>` (or an alias of it)",
+    note = "return `rusqlite::Result<T>`, `luca_core::Result<T>` or `Result<T, YourError>`"
+)]
+pub trait DbResult {
+    /// The error type.
+    type Error;
+    /// The error, if the attempt failed.
+    fn __luca_err(&self) -> Option<&Self::Error>;
+}
+
+impl<T, E> DbResult for Result<T, E> {
+    type Error = E;
+    #[inline]
+    fn __luca_err(&self) -> Option<&E> {
+        self.as_ref().err()
+    }
+}
+
+/// Autoref-specialisation wrapper: `(&&Wrap(e)).__luca_busy_code()` picks, in order,
+/// `Retryable`, then a `source()` walk for `Error + 'static`, then a fallback whose
+/// result only converts with [`IntoBusyCode`] when `E: Retryable` (so the user sees
+/// `Retryable`'s diagnostic).
+pub struct Wrap<'a, E: ?Sized>(pub &'a E);
+
+/// First choice: the error implements `Retryable`.
+pub trait ViaRetryable {
+    /// Classifies the error.
+    fn __luca_busy_code(&self) -> Option<BusyCode>;
+}
+
+impl<E: crate::retry::Retryable + ?Sized> ViaRetryable for &Wrap<'_, E> {
+    #[inline]
+    fn __luca_busy_code(&self) -> Option<BusyCode> {
+        self.0.busy_code()
+    }
+}
+
+/// Second choice: the error is an `Error + 'static`; search its `source()` chain.
+pub trait ViaSource {
+    /// Classifies the error.
+    fn __luca_busy_code(&self) -> Option<BusyCode>;
+}
+
+impl<E: StdError + 'static> ViaSource for Wrap<'_, E> {
+    #[inline]
+    fn __luca_busy_code(&self) -> Option<BusyCode> {
+        crate::retry::classify(self.0)
+    }
+}
+
+/// Last resort, for an error that is neither: yields a value that [`IntoBusyCode`]
+/// rejects with `Retryable`'s diagnostic.
+pub trait ViaFallback<'a, E: ?Sized> {
+    /// Returns the unclassifiable error.
+    fn __luca_busy_code(self) -> Unclassified<'a, E>;
+}
+
+impl<'a, E: ?Sized> ViaFallback<'a, E> for Wrap<'a, E> {
+    #[inline]
+    fn __luca_busy_code(self) -> Unclassified<'a, E> {
+        Unclassified(self.0)
+    }
+}
+
+/// An error that could not be classified.
+pub struct Unclassified<'a, E: ?Sized>(pub &'a E);
+
+/// Turns the classification result into `Option<BusyCode>`.
+pub trait IntoBusyCode {
+    /// The busy code, if any.
+    fn __luca_code(self) -> Option<BusyCode>;
+}
+
+impl IntoBusyCode for Option<BusyCode> {
+    #[inline]
+    fn __luca_code(self) -> Option<BusyCode> {
+        self
+    }
+}
+
+impl<E: crate::retry::Retryable + ?Sized> IntoBusyCode for Unclassified<'_, E> {
+    #[inline]
+    fn __luca_code(self) -> Option<BusyCode> {
+        self.0.busy_code()
+    }
+}

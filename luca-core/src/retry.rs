@@ -1,0 +1,666 @@
+//! Busy-aware retries: which SQLite errors are worth retrying, and the backoff schedule.
+//!
+//! SQLite answers a write that meets another writer with `SQLITE_BUSY` (or one of its
+//! extended codes), and a shared-cache or virtual-table conflict with `SQLITE_LOCKED`.
+//! Those, and only those, are retried: the whole attempt (the whole function under
+//! [`#[db_retry]`](crate::db_retry), the whole closure under [`retry_sync`] /
+//! [`retry_async`]) runs again after a backoff. A `SQLITE_BUSY_SNAPSHOT` can only be
+//! cured that way: the transaction that read a stale snapshot must be rolled back and run
+//! again from its start.
+//!
+//! The delay before retry `n` (counting from 0) is `min(max_delay, delay · 2^n)` with the
+//! [`Jitter`] applied. [`#[db_retry]`](crate::db_retry), [`retry_sync`] and
+//! [`retry_async`] share one implementation of this schedule.
+//!
+//! ```
+//! use std::time::Duration;
+//! use luca_core::retry::{retry_sync, Jitter, RetryPolicy};
+//!
+//! let policy = RetryPolicy::new()
+//!     .with_max_retries(3)
+//!     .with_delay(Duration::from_millis(10))
+//!     .with_jitter(Jitter::Equal);
+//! let conn = rusqlite::Connection::open_in_memory()?;
+//! let n: i64 = retry_sync(&policy, || conn.query_row("SELECT 40 + 2", [], |r| r.get(0)))?;
+//! assert_eq!(n, 42);
+//! # Ok::<(), rusqlite::Error>(())
+//! ```
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::future::Future;
+use std::panic::Location;
+use std::time::{Duration, Instant};
+
+use crate::metrics;
+
+/// Which SQLite busy or locked condition an error carries.
+///
+/// These are the only conditions luca retries. Every other result code (constraint,
+/// I/O, corrupt, misuse, full, read-only, …) is returned to the caller at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum BusyCode {
+    /// `SQLITE_BUSY` (5): another connection holds a conflicting lock.
+    Busy,
+    /// `SQLITE_BUSY_RECOVERY` (261): another connection is recovering the WAL.
+    BusyRecovery,
+    /// `SQLITE_BUSY_SNAPSHOT` (517): the transaction's read snapshot is stale; only
+    /// rolling back and re-running the whole transaction cures it.
+    BusySnapshot,
+    /// `SQLITE_BUSY_TIMEOUT` (773): a blocking WAL lock wait timed out.
+    BusyTimeout,
+    /// `SQLITE_LOCKED` (6): a conflict inside the same connection or shared cache.
+    Locked,
+    /// `SQLITE_LOCKED_SHAREDCACHE` (262): a shared-cache table lock conflict.
+    LockedSharedCache,
+    /// `SQLITE_LOCKED_VTAB` (518): a virtual table is locked.
+    LockedVtab,
+}
+
+impl BusyCode {
+    /// Every code, in the order of [`BusyCode::index`].
+    pub const ALL: [BusyCode; 7] = [
+        BusyCode::Busy,
+        BusyCode::BusyRecovery,
+        BusyCode::BusySnapshot,
+        BusyCode::BusyTimeout,
+        BusyCode::Locked,
+        BusyCode::LockedSharedCache,
+        BusyCode::LockedVtab,
+    ];
+
+    /// Classifies an extended (or primary) SQLite result code.
+    ///
+    /// The seven extended codes above map to themselves; any other code whose primary
+    /// code (`code & 0xff`) is `SQLITE_BUSY` or `SQLITE_LOCKED` maps to [`BusyCode::Busy`]
+    /// or [`BusyCode::Locked`]; everything else is `None`.
+    ///
+    /// ```
+    /// use luca_core::retry::BusyCode;
+    /// assert_eq!(BusyCode::from_extended(517), Some(BusyCode::BusySnapshot));
+    /// assert_eq!(BusyCode::from_extended(2067), None); // SQLITE_CONSTRAINT_UNIQUE
+    /// ```
+    pub const fn from_extended(code: i32) -> Option<BusyCode> {
+        Some(match code {
+            5 => BusyCode::Busy,
+            261 => BusyCode::BusyRecovery,
+            517 => BusyCode::BusySnapshot,
+            773 => BusyCode::BusyTimeout,
+            6 => BusyCode::Locked,
+            262 => BusyCode::LockedSharedCache,
+            518 => BusyCode::LockedVtab,
+            _ => match code & 0xff {
+                5 => BusyCode::Busy,
+                6 => BusyCode::Locked,
+                _ => return None,
+            },
+        })
+    }
+
+    /// The extended result code, e.g. 517 for [`BusyCode::BusySnapshot`].
+    pub const fn extended_code(self) -> i32 {
+        match self {
+            BusyCode::Busy => 5,
+            BusyCode::BusyRecovery => 261,
+            BusyCode::BusySnapshot => 517,
+            BusyCode::BusyTimeout => 773,
+            BusyCode::Locked => 6,
+            BusyCode::LockedSharedCache => 262,
+            BusyCode::LockedVtab => 518,
+        }
+    }
+
+    /// SQLite's symbolic name, e.g. `"SQLITE_BUSY_SNAPSHOT"`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            BusyCode::Busy => "SQLITE_BUSY",
+            BusyCode::BusyRecovery => "SQLITE_BUSY_RECOVERY",
+            BusyCode::BusySnapshot => "SQLITE_BUSY_SNAPSHOT",
+            BusyCode::BusyTimeout => "SQLITE_BUSY_TIMEOUT",
+            BusyCode::Locked => "SQLITE_LOCKED",
+            BusyCode::LockedSharedCache => "SQLITE_LOCKED_SHAREDCACHE",
+            BusyCode::LockedVtab => "SQLITE_LOCKED_VTAB",
+        }
+    }
+
+    /// Position in [`BusyCode::ALL`], for per-code tables.
+    pub const fn index(self) -> usize {
+        match self {
+            BusyCode::Busy => 0,
+            BusyCode::BusyRecovery => 1,
+            BusyCode::BusySnapshot => 2,
+            BusyCode::BusyTimeout => 3,
+            BusyCode::Locked => 4,
+            BusyCode::LockedSharedCache => 5,
+            BusyCode::LockedVtab => 6,
+        }
+    }
+}
+
+impl fmt::Display for BusyCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An error that can tell whether it is a SQLite busy/locked condition.
+///
+/// Implemented for [`rusqlite::Error`], [`crate::Error`], `Box<dyn Error + Send + Sync>`
+/// and `Box<dyn Error>` (both searched along their `source()` chain), and for
+/// `anyhow::Error` with the `anyhow` feature. Implement it for your own error type when its
+/// `source()` chain does not reach the `rusqlite::Error`; when it does,
+/// [`#[db_retry]`](crate::db_retry) finds it without an impl.
+///
+/// ```
+/// use luca_core::retry::{BusyCode, Retryable};
+///
+/// enum AppError { Db(rusqlite::Error), Http(u16) }
+///
+/// impl Retryable for AppError {
+///     fn busy_code(&self) -> Option<BusyCode> {
+///         match self {
+///             AppError::Db(e) => e.busy_code(),
+///             AppError::Http(_) => None,
+///         }
+///     }
+/// }
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be checked for SQLite busy errors",
+    label = "`{Self}` is neither `Retryable` nor an `Error + 'static` whose `source()` chain can hold a `rusqlite::Error`",
+    note = "implement `luca_core::retry::Retryable` for `{Self}`, or implement `std::error::Error` for it and return the `rusqlite::Error` from `source()`"
+)]
+pub trait Retryable {
+    /// The busy/locked condition this error carries, or `None` if it must not be retried.
+    fn busy_code(&self) -> Option<BusyCode>;
+}
+
+impl Retryable for rusqlite::Error {
+    fn busy_code(&self) -> Option<BusyCode> {
+        match self {
+            rusqlite::Error::SqliteFailure(e, _) => BusyCode::from_extended(e.extended_code),
+            _ => None,
+        }
+    }
+}
+
+impl Retryable for Box<dyn StdError + Send + Sync + 'static> {
+    fn busy_code(&self) -> Option<BusyCode> {
+        classify(&**self)
+    }
+}
+
+impl Retryable for Box<dyn StdError + 'static> {
+    fn busy_code(&self) -> Option<BusyCode> {
+        classify(&**self)
+    }
+}
+
+#[cfg(feature = "anyhow")]
+impl Retryable for anyhow::Error {
+    fn busy_code(&self) -> Option<BusyCode> {
+        classify(self.as_ref())
+    }
+}
+
+/// How deep [`classify`] follows a `source()` chain before it stops looking.
+const MAX_SOURCE_DEPTH: usize = 64;
+
+/// Finds a SQLite busy/locked condition anywhere in an error's `source()` chain.
+///
+/// Looks at the error itself and then at each `source()` in turn (at most 64 levels),
+/// and answers for the first [`rusqlite::Error`] or [`crate::Error`] it meets. A
+/// [`std::io::Error`] is looked through to the error it wraps (its own `source()` skips it).
+///
+/// ```
+/// use luca_core::retry::{classify, BusyCode};
+///
+/// #[derive(Debug)]
+/// struct JobFailed(rusqlite::Error);
+/// impl std::fmt::Display for JobFailed {
+///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+///         f.write_str("job failed")
+///     }
+/// }
+/// impl std::error::Error for JobFailed {
+///     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+///         Some(&self.0)
+///     }
+/// }
+///
+/// let busy = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(517), None);
+/// assert_eq!(classify(&JobFailed(busy)), Some(BusyCode::BusySnapshot));
+/// let io = std::io::Error::other(JobFailed(rusqlite::Error::InvalidQuery));
+/// assert_eq!(classify(&io), None);
+/// ```
+pub fn classify(error: &(dyn StdError + 'static)) -> Option<BusyCode> {
+    let mut current = Some(error);
+    for _ in 0..MAX_SOURCE_DEPTH {
+        let e = current?;
+        if let Some(e) = e.downcast_ref::<rusqlite::Error>() {
+            return e.busy_code();
+        }
+        if let Some(e) = e.downcast_ref::<crate::Error>() {
+            return e.busy_code();
+        }
+        current = match e.downcast_ref::<std::io::Error>() {
+            Some(io) => io.get_ref().map(|inner| inner as &(dyn StdError + 'static)),
+            None => e.source(),
+        };
+    }
+    None
+}
+
+/// How the delay before a retry is randomised.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Jitter {
+    /// Exactly `min(max_delay, delay · 2^n)`: every waiter retries in lockstep.
+    None,
+    /// Uniform in `[0, min(max_delay, delay · 2^n)]` (the default): spreads waiters best.
+    #[default]
+    Full,
+    /// Half fixed, half random: uniform in `[b/2, b]` where `b = min(max_delay, delay · 2^n)`.
+    Equal,
+    /// Uniform in `[delay, min(max_delay, 3 · previous delay)]`, independent of `n`.
+    Decorrelated,
+}
+
+impl Jitter {
+    /// Parses the names the attribute accepts: `none`, `full`, `equal`, `decorrelated`.
+    pub fn from_name(name: &str) -> Option<Jitter> {
+        Some(match name {
+            "none" => Jitter::None,
+            "full" => Jitter::Full,
+            "equal" => Jitter::Equal,
+            "decorrelated" => Jitter::Decorrelated,
+            _ => return None,
+        })
+    }
+
+    /// The name [`Jitter::from_name`] accepts.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Jitter::None => "none",
+            Jitter::Full => "full",
+            Jitter::Equal => "equal",
+            Jitter::Decorrelated => "decorrelated",
+        }
+    }
+}
+
+impl fmt::Display for Jitter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How often and how long to retry a busy database.
+///
+/// Built with `const fn`s so a policy can live in a `static` or `const`:
+///
+/// ```
+/// use std::time::Duration;
+/// use luca_core::retry::{Jitter, RetryPolicy};
+///
+/// const POLICY: RetryPolicy = RetryPolicy::new()
+///     .with_max_retries(8)
+///     .with_delay(Duration::from_millis(5))
+///     .with_max_delay(Duration::from_millis(200))
+///     .with_jitter(Jitter::Decorrelated)
+///     .with_deadline(Some(Duration::from_secs(2)));
+/// assert_eq!(POLICY.backoff(0), Duration::from_millis(5));
+/// assert_eq!(POLICY.backoff(10), Duration::from_millis(200));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RetryPolicy {
+    max_retries: u32,
+    delay: Duration,
+    max_delay: Duration,
+    jitter: Jitter,
+    deadline: Option<Duration>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy::new()
+    }
+}
+
+impl RetryPolicy {
+    /// Default number of retries after the first attempt: 5.
+    pub const DEFAULT_MAX_RETRIES: u32 = 5;
+    /// Default base delay: 100 ms.
+    pub const DEFAULT_DELAY: Duration = Duration::from_millis(100);
+    /// Default cap on one delay: 30 s (never below the base delay).
+    pub const DEFAULT_MAX_DELAY: Duration = Duration::from_secs(30);
+
+    /// The defaults: 5 retries, 100 ms base delay, 30 s cap, full jitter, no deadline.
+    pub const fn new() -> Self {
+        RetryPolicy {
+            max_retries: Self::DEFAULT_MAX_RETRIES,
+            delay: Self::DEFAULT_DELAY,
+            max_delay: Self::DEFAULT_MAX_DELAY,
+            jitter: Jitter::Full,
+            deadline: None,
+        }
+    }
+
+    /// Retries after the first attempt (0 = never retry).
+    pub const fn with_max_retries(mut self, max_retries: u32) -> Self {
+        self.max_retries = max_retries;
+        self
+    }
+
+    /// Base delay, doubled for each further retry.
+    pub const fn with_delay(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    /// Cap on any one delay. A cap below the base delay acts as the base delay.
+    pub const fn with_max_delay(mut self, max_delay: Duration) -> Self {
+        self.max_delay = max_delay;
+        self
+    }
+
+    /// How delays are randomised.
+    pub const fn with_jitter(mut self, jitter: Jitter) -> Self {
+        self.jitter = jitter;
+        self
+    }
+
+    /// Give up once a retry would start later than this after the first attempt started.
+    ///
+    /// With a deadline, each call reads the clock once when it starts; without one, a call
+    /// that succeeds at once never reads the clock.
+    pub const fn with_deadline(mut self, deadline: Option<Duration>) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// Retries after the first attempt.
+    pub const fn max_retries(&self) -> u32 {
+        self.max_retries
+    }
+
+    /// Base delay.
+    pub const fn delay(&self) -> Duration {
+        self.delay
+    }
+
+    /// Effective cap on one delay: the configured cap, never below the base delay.
+    pub fn max_delay(&self) -> Duration {
+        self.max_delay.max(self.delay)
+    }
+
+    /// Jitter kind.
+    pub const fn jitter(&self) -> Jitter {
+        self.jitter
+    }
+
+    /// Deadline, if any.
+    pub const fn deadline(&self) -> Option<Duration> {
+        self.deadline
+    }
+
+    /// The delay before retry `retry` (0-based) without jitter: `min(max_delay, delay · 2^retry)`.
+    pub fn backoff(&self, retry: u32) -> Duration {
+        let factor = 1u32.checked_shl(retry).unwrap_or(u32::MAX);
+        self.delay.saturating_mul(factor).min(self.max_delay())
+    }
+
+    /// The closed range a jittered delay before retry `retry` is drawn from, given the
+    /// previous delay (used only by [`Jitter::Decorrelated`]; pass the base delay before
+    /// the first retry).
+    pub fn delay_bounds(&self, retry: u32, previous: Duration) -> (Duration, Duration) {
+        let b = self.backoff(retry);
+        match self.jitter {
+            Jitter::None => (b, b),
+            Jitter::Full => (Duration::ZERO, b),
+            Jitter::Equal => (b / 2, b),
+            Jitter::Decorrelated => {
+                let cap = self.max_delay();
+                let high = previous.max(self.delay).saturating_mul(3).min(cap);
+                (self.delay.min(cap), high)
+            }
+        }
+    }
+
+    /// Draws the delay before retry `retry` (0-based). See [`RetryPolicy::delay_bounds`].
+    pub fn delay_for(&self, retry: u32, previous: Duration) -> Duration {
+        let (low, high) = self.delay_bounds(retry, previous);
+        if low >= high {
+            return low;
+        }
+        let low_ns = duration_nanos(low);
+        let high_ns = duration_nanos(high);
+        Duration::from_nanos(fastrand::u64(low_ns..=high_ns))
+    }
+}
+
+fn duration_nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// What happens before each retry: passed to an `on_retry` hook and logged as a `tracing`
+/// event (target `luca::retry`).
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct RetryEvent {
+    /// The function (`module::path::name` under `#[db_retry]`, `"retry_sync"` or
+    /// `"retry_async"` for closures).
+    pub function: &'static str,
+    /// Where the retrying call is written.
+    pub location: &'static Location<'static>,
+    /// The attempt that just failed (1 = the first attempt).
+    pub attempt: u32,
+    /// The busy/locked condition it failed with.
+    pub code: BusyCode,
+    /// How long the caller now sleeps before the next attempt.
+    pub delay: Duration,
+    /// Time slept in earlier retries of this call.
+    pub slept: Duration,
+}
+
+/// A retry hook, as taken by `on_retry = path` in `#[db_retry]`.
+pub type RetryHook = fn(&RetryEvent);
+
+/// One call's progress through a [`RetryPolicy`]. Shared by the macro expansion,
+/// [`retry_sync`] and [`retry_async`].
+///
+/// The success path only creates this value and calls [`Schedule::finish`], which does
+/// nothing when no retry happened: no allocation, clock read or random draw.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Schedule<'p> {
+    policy: &'p RetryPolicy,
+    function: &'static str,
+    location: &'static Location<'static>,
+    hook: Option<RetryHook>,
+    retries: u32,
+    previous: Duration,
+    slept: Duration,
+    started: Option<Instant>,
+}
+
+impl<'p> Schedule<'p> {
+    /// A schedule for one call.
+    #[inline]
+    pub const fn new(
+        policy: &'p RetryPolicy,
+        function: &'static str,
+        location: &'static Location<'static>,
+        hook: Option<RetryHook>,
+    ) -> Self {
+        Schedule {
+            policy,
+            function,
+            location,
+            hook,
+            retries: 0,
+            previous: policy.delay,
+            slept: Duration::ZERO,
+            started: None,
+        }
+    }
+
+    /// Marks the start of the first attempt; reads the clock only when a deadline is set.
+    #[inline]
+    pub fn start(&mut self, now: impl FnOnce() -> Instant) {
+        if self.policy.deadline.is_some() {
+            self.started = Some(now());
+        }
+    }
+
+    /// Retries so far.
+    #[inline]
+    pub const fn retries(&self) -> u32 {
+        self.retries
+    }
+
+    /// After an attempt failed with `code`: the delay to sleep before the next attempt, or
+    /// `None` when the error must be returned (not busy, retries exhausted, or the deadline
+    /// would pass).
+    #[inline]
+    pub fn on_error(
+        &mut self,
+        code: Option<BusyCode>,
+        now: impl FnOnce() -> Instant,
+    ) -> Option<Duration> {
+        let code = code?;
+        self.on_busy(code, now)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn on_busy(&mut self, code: BusyCode, now: impl FnOnce() -> Instant) -> Option<Duration> {
+        let m = metrics::global();
+        m.record_busy(code);
+        let attempt = self.retries + 1;
+        if self.retries >= self.policy.max_retries {
+            self.give_up(code, attempt, "retries exhausted");
+            return None;
+        }
+        let delay = self.policy.delay_for(self.retries, self.previous);
+        if let Some(deadline) = self.policy.deadline {
+            let now = now();
+            let started = *self.started.get_or_insert(now);
+            if now.saturating_duration_since(started) + delay > deadline {
+                self.give_up(code, attempt, "deadline reached");
+                return None;
+            }
+        }
+        if self.retries == 0 {
+            m.record_call_retried();
+        }
+        self.retries += 1;
+        self.previous = delay;
+        let event = RetryEvent {
+            function: self.function,
+            location: self.location,
+            attempt,
+            code,
+            delay,
+            slept: self.slept,
+        };
+        self.slept += delay;
+        m.record_retry(code, delay);
+        tracing::debug!(
+            target: "luca::retry",
+            function = event.function,
+            attempt,
+            code = code.name(),
+            delay_ms = delay.as_secs_f64() * 1e3,
+            "database busy; retrying"
+        );
+        if let Some(hook) = self.hook {
+            hook(&event);
+        }
+        Some(delay)
+    }
+
+    fn give_up(&mut self, code: BusyCode, attempt: u32, why: &'static str) {
+        metrics::global().record_gave_up();
+        tracing::warn!(
+            target: "luca::retry",
+            function = self.function,
+            attempt,
+            code = code.name(),
+            slept_ms = self.slept.as_secs_f64() * 1e3,
+            "database busy; giving up: {why}"
+        );
+    }
+
+    /// The call is over (success, or an error that is returned). Records the outcome of
+    /// calls that retried; does nothing otherwise.
+    #[inline]
+    pub fn finish<T, E>(&self, result: &Result<T, E>) {
+        if self.retries != 0 {
+            self.record_finish(result.is_ok());
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn record_finish(&self, ok: bool) {
+        metrics::global().record_finish(self.retries + 1, ok);
+    }
+}
+
+/// Runs `attempt` until it succeeds, fails with an error that is not busy/locked, or the
+/// policy gives up; sleeps with `std::thread::sleep` between attempts.
+///
+/// The error of the last attempt is returned unchanged.
+#[track_caller]
+pub fn retry_sync<T, E, F>(policy: &RetryPolicy, mut attempt: F) -> Result<T, E>
+where
+    E: Retryable,
+    F: FnMut() -> Result<T, E>,
+{
+    let mut schedule = Schedule::new(policy, "retry_sync", Location::caller(), None);
+    schedule.start(Instant::now);
+    loop {
+        let result = attempt();
+        if let Err(e) = &result
+            && let Some(delay) = schedule.on_error(e.busy_code(), Instant::now)
+        {
+            std::thread::sleep(delay);
+            continue;
+        }
+        schedule.finish(&result);
+        return result;
+    }
+}
+
+/// Async [`retry_sync`]: runs the future `attempt` returns until it succeeds, fails with
+/// an error that is not busy/locked, or the policy gives up. Sleeps with tokio's timer (so
+/// it never blocks a worker thread, and paused-time tests see the schedule exactly).
+#[track_caller]
+pub fn retry_async<T, E, F, Fut>(
+    policy: &RetryPolicy,
+    mut attempt: F,
+) -> impl Future<Output = Result<T, E>>
+where
+    E: Retryable,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let location = Location::caller();
+    async move {
+        let mut schedule = Schedule::new(policy, "retry_async", location, None);
+        schedule.start(crate::__private::now_async);
+        loop {
+            let result = attempt().await;
+            if let Err(e) = &result
+                && let Some(delay) = schedule.on_error(e.busy_code(), crate::__private::now_async)
+            {
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+            schedule.finish(&result);
+            return result;
+        }
+    }
+}
