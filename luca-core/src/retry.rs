@@ -596,9 +596,9 @@ impl<'p> Schedule<'p> {
     /// The call is over (success, or an error that is returned). Records the outcome of
     /// calls that retried; does nothing otherwise.
     #[inline]
-    pub fn finish<T, E>(&self, result: &Result<T, E>) {
+    pub fn finish(&self, ok: bool) {
         if self.retries != 0 {
-            self.record_finish(result.is_ok());
+            self.record_finish(ok);
         }
     }
 
@@ -629,7 +629,7 @@ where
             std::thread::sleep(delay);
             continue;
         }
-        schedule.finish(&result);
+        schedule.finish(result.is_ok());
         return result;
     }
 }
@@ -659,7 +659,7 @@ where
                 tokio::time::sleep(delay).await;
                 continue;
             }
-            schedule.finish(&result);
+            schedule.finish(result.is_ok());
             return result;
         }
     }

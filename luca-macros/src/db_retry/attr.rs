@@ -174,6 +174,9 @@ where
     match value {
         Expr::Lit(ExprLit {
             lit: Lit::Int(lit), ..
+        }) if lit.base10_digits().starts_with('-') => Err(negative(key, value, T::MAX)),
+        Expr::Lit(ExprLit {
+            lit: Lit::Int(lit), ..
         }) => lit.base10_parse::<T>().map_err(|_| {
             syn::Error::new_spanned(
                 lit,
@@ -186,13 +189,7 @@ where
         }),
         Expr::Unary(ExprUnary {
             op: UnOp::Neg(_), ..
-        }) => Err(syn::Error::new_spanned(
-            value,
-            format!(
-                "`{key}` cannot be negative; expected an integer from 0 to {}",
-                T::MAX
-            ),
-        )),
+        }) => Err(negative(key, value, T::MAX)),
         _ => Err(syn::Error::new_spanned(
             value,
             format!(
@@ -201,6 +198,13 @@ where
             ),
         )),
     }
+}
+
+fn negative(key: &str, value: &Expr, max: u64) -> syn::Error {
+    syn::Error::new_spanned(
+        value,
+        format!("`{key}` cannot be negative; expected an integer from 0 to {max}"),
+    )
 }
 
 fn example(key: &str) -> &'static str {

@@ -34,7 +34,8 @@ pub(crate) fn expand(f: &Function, args: &Args) -> TokenStream {
     let policy = policy(args);
     let hook = match &args.on_retry {
         Some(p) => {
-            quote_spanned!(p.span_of() => ::core::option::Option::Some(#p as #krate::__private::RetryHook))
+            let hook_ty = quote_spanned!(p.span_of() => #krate::__private::RetryHook);
+            quote!(::core::option::Option::Some::<#hook_ty>(#p))
         }
         None => quote!(::core::option::Option::None),
     };
@@ -74,6 +75,7 @@ pub(crate) fn expand(f: &Function, args: &Args) -> TokenStream {
         )
     };
 
+    let failed = quote::format_ident!("__luca_failed", span = Span::mixed_site());
     let err_of = quote_spanned!(ret_span => #krate::__private::DbResult::__luca_err(&#result));
     let classify = quote_spanned! {ret_span=>
         #krate::__private::IntoBusyCode::__luca_code(
@@ -95,7 +97,8 @@ pub(crate) fn expand(f: &Function, args: &Args) -> TokenStream {
             loop {
                 #[allow(clippy::redundant_closure_call)]
                 let #result #annotation = #attempt;
-                if let ::core::option::Option::Some(#error) = #err_of {
+                let #failed = #err_of;
+                if let ::core::option::Option::Some(#error) = #failed {
                     #[allow(unused_imports)]
                     use #krate::__private::{ViaFallback as _, ViaRetryable as _, ViaSource as _};
                     if let ::core::option::Option::Some(#delay) = #schedule.on_error(#classify, #now) {
@@ -103,7 +106,7 @@ pub(crate) fn expand(f: &Function, args: &Args) -> TokenStream {
                         continue;
                     }
                 }
-                #schedule.finish(&#result);
+                #schedule.finish(#failed.is_none());
                 return #result;
             }
         }
