@@ -2,7 +2,7 @@
 
 use proc_macro2::TokenStream;
 use syn::parse::{Parse, ParseStream};
-use syn::{Attribute, Block, Signature, Token, Visibility};
+use syn::{Attribute, Block, Signature, Stmt, Token, Visibility};
 
 /// `attrs vis [default] sig { body }`, or `attrs sig;` for a trait method without a body.
 pub(crate) struct Function {
@@ -11,7 +11,13 @@ pub(crate) struct Function {
     pub(crate) defaultness: Option<Token![default]>,
     pub(crate) sig: Signature,
     /// `None` for a trait method declared without a default body.
-    pub(crate) body: Option<Block>,
+    pub(crate) body: Option<Body>,
+}
+
+/// The function body: inner attributes (`#![allow(…)]`) and statements.
+pub(crate) struct Body {
+    pub(crate) inner_attrs: Vec<Attribute>,
+    pub(crate) stmts: Vec<Stmt>,
 }
 
 impl Function {
@@ -34,7 +40,12 @@ impl Parse for Function {
             input.parse::<Token![;]>()?;
             None
         } else {
-            Some(input.parse()?)
+            let content;
+            syn::braced!(content in input);
+            Some(Body {
+                inner_attrs: content.call(Attribute::parse_inner)?,
+                stmts: content.call(Block::parse_within)?,
+            })
         };
         if !input.is_empty() {
             return Err(input.error("unexpected tokens after the function"));

@@ -60,6 +60,7 @@ pub(crate) fn expand(f: &Function, args: &Args) -> TokenStream {
         }
     });
     let stmts = &body.stmts;
+    let inner_attrs = &body.inner_attrs;
 
     let (attempt, now, sleep) = if sig.asyncness.is_some() {
         (
@@ -86,6 +87,7 @@ pub(crate) fn expand(f: &Function, args: &Args) -> TokenStream {
     quote! {
         #(#attrs)*
         #vis #defaultness #sig {
+            #(#inner_attrs)*
             const __LUCA_POLICY: #krate::__private::RetryPolicy = #policy;
             let mut #schedule = #krate::__private::Schedule::new(
                 &__LUCA_POLICY,

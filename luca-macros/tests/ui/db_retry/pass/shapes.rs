@@ -27,6 +27,13 @@ fn with_lifetimes<'a>(conn: &'a Connection, name: &str) -> rusqlite::Result<rusq
 }
 
 #[db_retry]
+fn inner_attribute() -> luca_core::Result<()> {
+    #![allow(unused_variables)]
+    let unused = 1;
+    Ok(())
+}
+
+#[db_retry]
 fn where_clause<S>(s: S) -> luca_core::Result<String>
 where
     S: std::fmt::Display,
@@ -122,6 +129,7 @@ fn main() {
     assert_eq!(early_return(false).unwrap(), 2);
     assert!(with_lifetimes(&repo.conn, "x").is_ok());
     assert_eq!(where_clause(5).unwrap(), "5");
+    inner_attribute().unwrap();
     assert_eq!(clones_by_value_argument(vec!["a".into()]).unwrap(), 1);
     assert_eq!(returns_impl_trait(3).unwrap().sum::<u32>(), 3);
     assert!(unsafe { unsafe_fn() }.is_ok());
