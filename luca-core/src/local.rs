@@ -37,11 +37,18 @@ thread_local! {
     static CONNECTIONS: RefCell<HashMap<PathBuf, Rc<Connection>>> = RefCell::new(HashMap::new());
 }
 
+/// The cache key of a database path: its directory resolved (symlinks, `..`) when it
+/// exists, so two spellings of one file share a connection.
 fn key(path: &Path) -> Result<PathBuf> {
-    std::path::absolute(path).map_err(|_| Error::InvalidPath {
+    let absolute = std::path::absolute(path).map_err(|_| Error::InvalidPath {
         path: path.to_path_buf(),
         reason: "it cannot be made absolute",
-    })
+    })?;
+    let resolved = match (absolute.parent(), absolute.file_name()) {
+        (Some(dir), Some(name)) => dir.canonicalize().ok().map(|dir| dir.join(name)),
+        _ => None,
+    };
+    Ok(resolved.unwrap_or(absolute))
 }
 
 /// Runs `f` with this thread's connection to `path`, opening and configuring it on first

@@ -406,9 +406,24 @@ impl RetryPolicy {
     }
 
     /// The delay before retry `retry` (0-based) without jitter: `min(max_delay, delay · 2^retry)`.
+    ///
+    /// Computed without overflow for every `retry`: once the doubling passes the cap, the
+    /// cap is returned.
     pub fn backoff(&self, retry: u32) -> Duration {
-        let factor = 1u32.checked_shl(retry).unwrap_or(u32::MAX);
-        self.delay.saturating_mul(factor).min(self.max_delay())
+        let cap = self.max_delay();
+        let base = self.delay.as_nanos();
+        if base == 0 {
+            return Duration::ZERO;
+        }
+        if retry >= 128 || base.leading_zeros() < retry {
+            return cap;
+        }
+        let scaled = base << retry;
+        if scaled >= cap.as_nanos() {
+            cap
+        } else {
+            from_nanos(scaled)
+        }
     }
 
     /// The closed range a jittered delay before retry `retry` is drawn from, given the
@@ -434,14 +449,16 @@ impl RetryPolicy {
         if low >= high {
             return low;
         }
-        let low_ns = duration_nanos(low);
-        let high_ns = duration_nanos(high);
-        Duration::from_nanos(fastrand::u64(low_ns..=high_ns))
+        from_nanos(fastrand::u128(low.as_nanos()..=high.as_nanos()))
     }
 }
 
-fn duration_nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+/// A `Duration` from nanoseconds; callers pass values no larger than some `Duration`'s.
+fn from_nanos(ns: u128) -> Duration {
+    const NANOS_PER_SEC: u128 = 1_000_000_000;
+    let secs = u64::try_from(ns / NANOS_PER_SEC).unwrap_or(u64::MAX);
+    // The remainder is below 10^9, so it fits in u32.
+    Duration::new(secs, (ns % NANOS_PER_SEC) as u32)
 }
 
 /// What happens before each retry: passed to an `on_retry` hook and logged as a `tracing`

@@ -598,3 +598,32 @@ fn classify_through_anyhow() {
     assert_eq!(calls.load(Ordering::SeqCst), 3);
     assert_eq!(out.unwrap_err().to_string(), "always busy");
 }
+
+#[test]
+fn backoff_keeps_doubling_past_32_retries() {
+    let policy = RetryPolicy::new()
+        .with_delay(Duration::from_nanos(1))
+        .with_max_delay(Duration::from_secs(30));
+    assert_eq!(policy.backoff(34), Duration::from_nanos(1 << 34));
+    assert_eq!(policy.backoff(39), Duration::from_secs(30));
+}
+
+#[test]
+fn draws_stay_in_bounds_beyond_the_u64_nanosecond_range() {
+    let policy = RetryPolicy::new()
+        .with_delay(Duration::from_secs(30))
+        .with_max_delay(Duration::MAX);
+    for jitter in KINDS {
+        let policy = policy.with_jitter(jitter);
+        for n in 31..45 {
+            let (lo, hi) = policy.delay_bounds(n, Duration::from_secs(30));
+            for _ in 0..100 {
+                let d = policy.delay_for(n, Duration::from_secs(30));
+                assert!(
+                    lo <= d && d <= hi,
+                    "{jitter} n {n}: {d:?} not in {lo:?}..={hi:?}"
+                );
+            }
+        }
+    }
+}

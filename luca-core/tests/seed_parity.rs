@@ -116,6 +116,23 @@ fn same_thread_and_path_reuse_one_connection() {
 }
 
 #[test]
+fn two_spellings_of_one_path_share_a_connection() {
+    let db = TempDb::new();
+    let dir = db.path().parent().unwrap();
+    std::fs::create_dir(dir.join("sub")).unwrap();
+    let roundabout = dir
+        .join("sub")
+        .join("..")
+        .join(db.path().file_name().unwrap());
+    on_fresh_thread(|| {
+        let direct = conn_addr(db.path());
+        assert_eq!(conn_addr(&roundabout), direct);
+        assert_eq!(open_connections(), 1);
+        assert_eq!(cleanup_connections(), 1);
+    });
+}
+
+#[test]
 fn another_thread_gets_another_connection() {
     let db = TempDb::new();
     on_fresh_thread(|| {
