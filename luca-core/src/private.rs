@@ -51,24 +51,115 @@ pub fn sleep_async(delay: Duration) -> tokio::time::Sleep {
     tokio::time::sleep(delay)
 }
 
+/// What one attempt of a `#[db_retry]` function ended with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// `Ok`: return it.
+    Ok,
+    /// An error that is not busy/locked: return it unchanged.
+    Fatal,
+    /// A busy/locked error: retry if the policy allows.
+    Busy(BusyCode),
+}
+
+/// Gives the expansion's classifier closure its signature (`Fn(&R) -> Outcome`, with `R`
+/// the function's return type) without writing the type, which may hold `impl Trait`.
+#[inline(always)]
+pub fn classifier<R, C: Fn(&R) -> Outcome>(_first: &R, classify: C) -> C {
+    classify
+}
+
+/// Everything a sync `#[db_retry]` function does after its first attempt failed: classify
+/// the error, and while it is busy and the policy allows, sleep and attempt again.
+///
+/// Kept out of line (and marked cold) so the function's success path is the hand-written
+/// body plus one branch: no schedule, no captured-argument spills, no copy of the result.
+#[cold]
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+pub fn retry_sync_after_error<R, F, C>(
+    first: R::Error,
+    policy: &RetryPolicy,
+    function: &'static str,
+    location: &'static Location<'static>,
+    hook: Option<RetryHook>,
+    started: Option<Instant>,
+    mut attempt: F,
+    classify: C,
+) -> R
+where
+    R: DbResult,
+    F: FnMut() -> R,
+    C: Fn(&R) -> Outcome,
+{
+    let first = R::__luca_fail(first);
+    let Outcome::Busy(code) = classify(&first) else {
+        return first;
+    };
+    let mut schedule = Schedule::new(policy, function, location, hook).started_at(started);
+    let mut result = first;
+    let mut code = code;
+    loop {
+        match schedule.on_error(Some(code), now_sync) {
+            Some(delay) => {
+                drop(result);
+                sleep_sync(delay);
+            }
+            None => {
+                schedule.finish(false);
+                return result;
+            }
+        }
+        result = attempt();
+        match classify(&result) {
+            Outcome::Busy(c) => code = c,
+            outcome => {
+                schedule.finish(outcome == Outcome::Ok);
+                return result;
+            }
+        }
+    }
+}
+
 /// The return type of a `#[db_retry]` function must be a `Result`.
 #[diagnostic::on_unimplemented(
     message = "`#[db_retry]` needs a function that returns `Result<T, E>`, not `{Self}`",
     label = "this must be `Result<T, E>` (or an alias of it)",
     note = "return `rusqlite::Result<T>`, `luca_core::Result<T>` or `Result<T, YourError>`"
 )]
-pub trait DbResult {
+pub trait DbResult: Sized {
+    /// The success type.
+    type Ok;
     /// The error type.
     type Error;
     /// The error, if the attempt failed.
     fn __luca_err(&self) -> Option<&Self::Error>;
+    /// Views the value as the `Result` it is (the identity).
+    fn __luca_into(self) -> Result<Self::Ok, Self::Error>;
+    /// Rebuilds the value from a success (the identity on `Ok`).
+    fn __luca_ok(ok: Self::Ok) -> Self;
+    /// Rebuilds the value from an error (the identity on `Err`).
+    fn __luca_fail(err: Self::Error) -> Self;
 }
 
 impl<T, E> DbResult for Result<T, E> {
+    type Ok = T;
     type Error = E;
-    #[inline]
+    #[inline(always)]
     fn __luca_err(&self) -> Option<&E> {
         self.as_ref().err()
+    }
+    #[inline(always)]
+    fn __luca_into(self) -> Result<T, E> {
+        self
+    }
+    #[inline(always)]
+    fn __luca_ok(ok: T) -> Self {
+        Ok(ok)
+    }
+    #[inline(always)]
+    fn __luca_fail(err: E) -> Self {
+        Err(err)
     }
 }
 

@@ -523,6 +523,13 @@ impl<'p> Schedule<'p> {
         }
     }
 
+    /// Uses `started` (read before the first attempt) as the start of the call.
+    #[inline]
+    pub const fn started_at(mut self, started: Option<Instant>) -> Self {
+        self.started = started;
+        self
+    }
+
     /// Marks the start of the first attempt; reads the clock only when a deadline is set.
     #[inline]
     pub fn start(&mut self, now: impl FnOnce() -> Instant) {

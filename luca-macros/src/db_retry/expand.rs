@@ -62,55 +62,109 @@ pub(crate) fn expand(f: &Function, args: &Args) -> TokenStream {
     let stmts = &body.stmts;
     let inner_attrs = &body.inner_attrs;
 
-    let (attempt, now, sleep) = if sig.asyncness.is_some() {
-        (
-            quote!(async { #fake_return #(#stmts)* }.await),
-            quote!(#krate::__private::now_async),
-            quote!(#krate::__private::sleep_async(#delay).await),
-        )
-    } else {
-        (
-            quote!((|| { #fake_return #(#stmts)* })()),
-            quote!(#krate::__private::now_sync),
-            quote!(#krate::__private::sleep_sync(#delay)),
-        )
+    let attempt_fn = quote::format_ident!("__luca_attempt", span = Span::mixed_site());
+    let classify_fn = quote::format_ident!("__luca_classify", span = Span::mixed_site());
+    let code = quote::format_ident!("__luca_code", span = Span::mixed_site());
+    let started = quote::format_ident!("__luca_started", span = Span::mixed_site());
+    let r = quote::format_ident!("__luca_r", span = Span::mixed_site());
+    let p = quote!(#krate::__private);
+
+    // Classifies one attempt's result. The autoref-specialised call picks `Retryable`,
+    // then the `source()` walk, then a fallback that fails to compile with `Retryable`'s
+    // diagnostic; spans point at the error type.
+    let err_of = quote_spanned!(ret_span => #p::DbResult::__luca_err(#r));
+    let busy_code = quote_spanned! {ret_span=>
+        #p::IntoBusyCode::__luca_code((&&#p::Wrap(#error)).__luca_busy_code())
+    };
+    let classify_closure = quote! {
+        |#r| match #err_of {
+            ::core::option::Option::None => #p::Outcome::Ok,
+            ::core::option::Option::Some(#error) => {
+                #[allow(unused_imports)]
+                use #p::{ViaFallback as _, ViaRetryable as _, ViaSource as _};
+                match #busy_code {
+                    ::core::option::Option::Some(#code) => #p::Outcome::Busy(#code),
+                    ::core::option::Option::None => #p::Outcome::Fatal,
+                }
+            }
+        }
+    };
+    let classifier = quote!(#p::classifier(&#result, #classify_closure));
+    let function = quote!(::core::concat!(::core::module_path!(), "::", #name));
+    let location = quote!(#p::Location::caller());
+    let read_start = |now: TokenStream| match args.deadline_ms {
+        Some(_) => quote!(::core::option::Option::Some(#now())),
+        None => quote!(::core::option::Option::None),
     };
 
-    let failed = quote::format_ident!("__luca_failed", span = Span::mixed_site());
-    let err_of = quote_spanned!(ret_span => #krate::__private::DbResult::__luca_err(&#result));
-    let classify = quote_spanned! {ret_span=>
-        #krate::__private::IntoBusyCode::__luca_code(
-            (&&#krate::__private::Wrap(#error)).__luca_busy_code()
-        )
+    let body = if sig.asyncness.is_some() {
+        // One attempt is an `async` block awaited in place; the loop stays in the
+        // function (the body is never duplicated) and the schedule is built only after a
+        // busy error.
+        let start = read_start(quote!(#p::now_async));
+        quote! {
+            let #started = #start;
+            let mut #schedule: ::core::option::Option<#p::Schedule<'static>> = ::core::option::Option::None;
+            loop {
+                let #result #annotation = async { #fake_return #(#stmts)* }.await;
+                let #classify_fn = #classifier;
+                match #classify_fn(&#result) {
+                    #p::Outcome::Busy(#code) => {
+                        let #schedule = #schedule.get_or_insert_with(|| {
+                            #p::Schedule::new(&__LUCA_POLICY, #function, #location, #hook)
+                                .started_at(#started)
+                        });
+                        if let ::core::option::Option::Some(#delay) =
+                            #schedule.on_error(::core::option::Option::Some(#code), #p::now_async)
+                        {
+                            ::core::mem::drop(#result);
+                            #p::sleep_async(#delay).await;
+                            continue;
+                        }
+                        #schedule.finish(false);
+                        return #result;
+                    }
+                    __luca_outcome => {
+                        if let ::core::option::Option::Some(#schedule) = &#schedule {
+                            #schedule.finish(__luca_outcome == #p::Outcome::Ok);
+                        }
+                        return #result;
+                    }
+                }
+            }
+        }
+    } else {
+        // The first attempt runs inline and returns at once on success; every error goes
+        // to the out-of-line `retry_sync_after_error`, so the success path compiles to the
+        // hand-written function. The attempt closure is `move`: arguments live in it (no
+        // stack spills on the success path), and since it must be `FnMut` to run again, a
+        // body that consumes an argument is rejected at compile time.
+        let start = read_start(quote!(#p::now_sync));
+        quote! {
+            let #started = #start;
+            #[allow(unused_mut)]
+            let mut #attempt_fn = move || { #fake_return #(#stmts)* };
+            let #result #annotation = #attempt_fn();
+            // Success leaves through a fresh `Ok`, written straight into the caller's
+            // return slot; any error goes to the out-of-line retry path.
+            match #p::DbResult::__luca_into(#result) {
+                ::core::result::Result::Ok(__luca_ok) => #p::DbResult::__luca_ok(__luca_ok),
+                ::core::result::Result::Err(#error) => #p::retry_sync_after_error(
+                    #error,
+                    &__LUCA_POLICY, #function, #location, #hook, #started,
+                    #attempt_fn,
+                    #classify_closure,
+                ),
+            }
+        }
     };
 
     quote! {
         #(#attrs)*
         #vis #defaultness #sig {
             #(#inner_attrs)*
-            const __LUCA_POLICY: #krate::__private::RetryPolicy = #policy;
-            let mut #schedule = #krate::__private::Schedule::new(
-                &__LUCA_POLICY,
-                ::core::concat!(::core::module_path!(), "::", #name),
-                #krate::__private::Location::caller(),
-                #hook,
-            );
-            #schedule.start(#now);
-            loop {
-                #[allow(clippy::redundant_closure_call)]
-                let #result #annotation = #attempt;
-                let #failed = #err_of;
-                if let ::core::option::Option::Some(#error) = #failed {
-                    #[allow(unused_imports)]
-                    use #krate::__private::{ViaFallback as _, ViaRetryable as _, ViaSource as _};
-                    if let ::core::option::Option::Some(#delay) = #schedule.on_error(#classify, #now) {
-                        #sleep;
-                        continue;
-                    }
-                }
-                #schedule.finish(#failed.is_none());
-                return #result;
-            }
+            const __LUCA_POLICY: #p::RetryPolicy = #policy;
+            #body
         }
     }
 }

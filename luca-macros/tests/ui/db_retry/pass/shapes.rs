@@ -75,6 +75,11 @@ impl Repo {
     }
 
     #[db_retry]
+    fn borrowed_field(&self) -> rusqlite::Result<&Connection> {
+        Ok(&self.conn)
+    }
+
+    #[db_retry]
     fn associated() -> luca_core::Result<Self> {
         Ok(Repo { conn: Connection::open_in_memory()?, n: 0 })
     }
@@ -135,6 +140,7 @@ fn main() {
     assert!(unsafe { unsafe_fn() }.is_ok());
     assert_eq!(repo.by_ref().unwrap(), 1);
     assert_eq!(repo.by_mut().unwrap(), 1);
+    assert!(repo.borrowed_field().is_ok());
     assert_eq!(repo.default_method().unwrap(), 1);
     repo.required().unwrap();
     assert_send(async_free(|| 1, "n"));
