@@ -48,10 +48,6 @@ pub fn metrics() -> &'static Metrics {
     &GLOBAL
 }
 
-pub(crate) fn global() -> &'static Metrics {
-    &GLOBAL
-}
-
 impl Metrics {
     pub(crate) fn record_busy(&self, code: BusyCode) {
         self.busy_by_code[code.index()].fetch_add(1, Relaxed);

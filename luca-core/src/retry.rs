@@ -560,7 +560,7 @@ impl<'p> Schedule<'p> {
     #[cold]
     #[inline(never)]
     fn on_busy(&mut self, code: BusyCode, now: impl FnOnce() -> Instant) -> Option<Duration> {
-        let m = metrics::global();
+        let m = metrics::metrics();
         m.record_busy(code);
         let attempt = self.retries + 1;
         if self.retries >= self.policy.max_retries {
@@ -606,7 +606,7 @@ impl<'p> Schedule<'p> {
     }
 
     fn give_up(&mut self, code: BusyCode, attempt: u32, why: &'static str) {
-        metrics::global().record_gave_up();
+        metrics::metrics().record_gave_up();
         tracing::warn!(
             target: "luca::retry",
             function = self.function,
@@ -629,7 +629,7 @@ impl<'p> Schedule<'p> {
     #[cold]
     #[inline(never)]
     fn record_finish(&self, ok: bool) {
-        metrics::global().record_finish(self.retries + 1, ok);
+        metrics::metrics().record_finish(self.retries + 1, ok);
     }
 }
 
