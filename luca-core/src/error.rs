@@ -40,6 +40,48 @@ pub enum Error {
         mode: String,
     },
 
+    /// The database file can only be opened read-only, so it cannot take writes.
+    #[error(
+        "SQLite database `{}` is read-only (file permissions or a read-only file system); \
+         `Db` needs to write to it and to its `-wal` and `-shm` files",
+        path.display()
+    )]
+    ReadOnly {
+        /// The file.
+        path: PathBuf,
+    },
+
+    /// The [`Db`](crate::Db) was closed, or its writer thread stopped.
+    #[error("the database handle for `{}` is closed", path.display())]
+    Closed {
+        /// The database file.
+        path: PathBuf,
+    },
+
+    /// A closure passed to [`Db::read`](crate::Db::read) or [`Db::write`](crate::Db::write)
+    /// panicked. Its transaction (or savepoint) was rolled back; other callers were not
+    /// affected.
+    #[error("a database closure panicked: {message}")]
+    Panicked {
+        /// The panic message, when it was a string.
+        message: String,
+    },
+
+    /// No reader connection became free within the pool's wait timeout, or one could not
+    /// be created.
+    #[error("no reader connection for `{}`: {reason}", path.display())]
+    Pool {
+        /// The database file.
+        path: PathBuf,
+        /// What the pool reported.
+        reason: String,
+    },
+
+    /// A write closure ended the transaction it runs in (it ran `COMMIT`, `ROLLBACK` or
+    /// `BEGIN` itself). `Db::write` owns the transaction; run plain statements only.
+    #[error("a write closure ended the transaction it runs in; `Db::write` owns BEGIN/COMMIT")]
+    TransactionEnded,
+
     /// A path that cannot name a database file.
     #[error("invalid database path `{}`: {reason}", path.display())]
     InvalidPath {
@@ -58,7 +100,13 @@ impl Error {
     pub fn sqlite(&self) -> Option<&rusqlite::Error> {
         match self {
             Error::Sqlite(e) | Error::Open { source: e, .. } => Some(e),
-            Error::NotWal { .. } | Error::InvalidPath { .. } => None,
+            Error::NotWal { .. }
+            | Error::InvalidPath { .. }
+            | Error::ReadOnly { .. }
+            | Error::Closed { .. }
+            | Error::Panicked { .. }
+            | Error::Pool { .. }
+            | Error::TransactionEnded => None,
         }
     }
 
@@ -68,6 +116,17 @@ impl Error {
             rusqlite::Error::SqliteFailure(e, _) => Some(e.extended_code),
             _ => None,
         }
+    }
+}
+
+/// The message of a caught panic payload.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&'static str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
     }
 }
 

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod db;
 mod error;
 pub mod local;
 pub mod metrics;
@@ -11,6 +12,7 @@ pub mod retry;
 #[path = "private.rs"]
 pub mod __private;
 
+pub use db::{Db, DbBuilder, DbStats};
 pub use error::{Error, Result};
 pub use metrics::metrics;
 

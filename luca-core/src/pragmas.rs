@@ -114,9 +114,13 @@ pub fn apply(conn: &Connection, pragmas: &Pragmas) -> Result<()> {
         source,
     };
     conn.busy_timeout(pragmas.busy_timeout).map_err(open_err)?;
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-        .map_err(open_err)?;
+    // A query-only connection cannot switch modes; it checks that the file is WAL.
+    let sql = if pragmas.query_only {
+        "PRAGMA journal_mode"
+    } else {
+        "PRAGMA journal_mode=WAL"
+    };
+    let mode: String = conn.query_row(sql, [], |r| r.get(0)).map_err(open_err)?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(Error::NotWal { path: path(), mode });
     }

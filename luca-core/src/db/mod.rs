@@ -1,0 +1,556 @@
+//! [`Db`]: a WAL connection pool for many concurrent tasks, with one fair write path and
+//! group commit.
+//!
+//! Reads run on a bounded pool of `query_only` connections (deadpool's managed pool; no
+//! round trip to SQLite on checkout). Writes go through one FIFO queue to one writer
+//! thread that owns the write connection: inside one process, writers never fight over
+//! SQLite's file lock, so the busy handler only ever waits on other processes. While
+//! writes are queued, the writer commits them together: one `BEGIN IMMEDIATE … COMMIT`,
+//! each caller's closure in its own `SAVEPOINT` (adaptive group commit; a lone writer
+//! commits alone). A caller is answered only after the shared `COMMIT` succeeded.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> luca_core::Result<()> {
+//! # let dir = tempfile::tempdir().unwrap();
+//! # let path = dir.path().join("jobs.db");
+//! use luca_core::Db;
+//!
+//! let db = Db::open(&path).await?;
+//! db.write(|conn| {
+//!     conn.execute_batch("CREATE TABLE IF NOT EXISTS jobs (id INTEGER PRIMARY KEY, url TEXT)")?;
+//!     Ok(())
+//! })
+//! .await?;
+//! let id = db
+//!     .write(|conn| {
+//!         conn.execute("INSERT INTO jobs (url) VALUES (?1)", ["https://example.org/"])?;
+//!         Ok(conn.last_insert_rowid())
+//!     })
+//!     .await?;
+//! let url: String = db
+//!     .read(move |conn| Ok(conn.query_row("SELECT url FROM jobs WHERE id = ?1", [id], |r| r.get(0))?))
+//!     .await?;
+//! assert_eq!(url, "https://example.org/");
+//! println!("{}", db.stats());
+//! db.close().await?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod stats;
+mod writer;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use deadpool::managed::{self, Metrics, Pool, PoolError, RecycleError, RecycleResult};
+use deadpool_sync::SyncWrapper;
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+
+use self::stats::StatsInner;
+pub use self::stats::{DbStats, Percentiles};
+use self::writer::{Msg, TypedJob, WriterConfig};
+use crate::error::panic_message;
+use crate::pragmas::{self, Pragmas, Synchronous};
+use crate::retry::RetryPolicy;
+use crate::{Error, Result};
+
+/// A cheap, cloneable handle to one SQLite file: a bounded reader pool and one fair,
+/// group-committing write path. See the [module documentation](self).
+#[derive(Clone)]
+pub struct Db {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    readers: Pool<ReadManager>,
+    writes: Sender<Msg>,
+    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    stats: Arc<StatsInner>,
+    runtime: tokio::runtime::Handle,
+    /// A runtime of our own when the handle was opened outside of one.
+    _own_runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl fmt::Debug for Db {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Db")
+            .field("path", &self.inner.path)
+            .field("readers", &self.inner.readers.status())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Settings for [`Db`]; start with [`Db::builder`].
+#[derive(Clone, Debug)]
+#[must_use = "a builder does nothing until `.build()` is called"]
+pub struct DbBuilder {
+    path: PathBuf,
+    max_readers: usize,
+    busy_timeout: Duration,
+    synchronous: Synchronous,
+    wal_autocheckpoint: Option<u32>,
+    group_commit: bool,
+    max_batch: usize,
+    max_wait: Duration,
+    pool_wait_timeout: Option<Duration>,
+    retry: RetryPolicy,
+}
+
+impl DbBuilder {
+    fn new(path: PathBuf) -> DbBuilder {
+        let cpus = std::thread::available_parallelism().map_or(2, usize::from);
+        DbBuilder {
+            path,
+            max_readers: (2 * cpus).max(4),
+            busy_timeout: Pragmas::DEFAULT_BUSY_TIMEOUT,
+            synchronous: Synchronous::Normal,
+            wal_autocheckpoint: None,
+            group_commit: true,
+            max_batch: 256,
+            max_wait: Duration::ZERO,
+            pool_wait_timeout: Some(Duration::from_secs(30)),
+            retry: RetryPolicy::new(),
+        }
+    }
+
+    /// Most reader connections open at once (default: twice the CPUs, at least 4).
+    pub fn max_readers(mut self, n: usize) -> Self {
+        self.max_readers = n.max(1);
+        self
+    }
+
+    /// How long SQLite's busy handler waits for another process's lock (default 30 s).
+    pub fn busy_timeout(mut self, d: Duration) -> Self {
+        self.busy_timeout = d;
+        self
+    }
+
+    /// Durability (default `NORMAL`: consistent always, durable across process crashes).
+    pub fn synchronous(mut self, s: Synchronous) -> Self {
+        self.synchronous = s;
+        self
+    }
+
+    /// `PRAGMA wal_autocheckpoint` in pages (SQLite's default is 1000; `0` turns automatic
+    /// checkpoints off, leaving them to you).
+    pub fn wal_autocheckpoint(mut self, pages: u32) -> Self {
+        self.wal_autocheckpoint = Some(pages);
+        self
+    }
+
+    /// Group commit on (the default) or off. Off, every write is its own transaction.
+    pub fn group_commit(mut self, on: bool) -> Self {
+        self.group_commit = on;
+        self
+    }
+
+    /// Most writes in one group commit (default 256).
+    pub fn max_batch(mut self, n: usize) -> Self {
+        self.max_batch = n.max(1);
+        self
+    }
+
+    /// How long a lone write waits for company before committing (default 0: never
+    /// waits; a batch forms only from writes already queued).
+    pub fn max_wait(mut self, d: Duration) -> Self {
+        self.max_wait = d;
+        self
+    }
+
+    /// How long `read` waits for a free reader connection (default 30 s; `None` waits
+    /// forever).
+    pub fn pool_wait_timeout(mut self, d: Option<Duration>) -> Self {
+        self.pool_wait_timeout = d;
+        self
+    }
+
+    /// How the writer retries a transaction that met another process's lock after
+    /// `busy_timeout` (default: [`RetryPolicy::new`]).
+    pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    fn pragmas(&self) -> Pragmas {
+        Pragmas::new()
+            .with_busy_timeout(self.busy_timeout)
+            .with_synchronous(self.synchronous)
+    }
+
+    /// Opens the database: creates the file if missing, switches it to WAL, checks it is
+    /// readable and writable, and starts the writer.
+    ///
+    /// # Errors
+    /// [`Error::InvalidPath`] (empty path, a directory), [`Error::Open`] (missing
+    /// directory, not a database, corrupt), [`Error::ReadOnly`], [`Error::NotWal`] — each
+    /// naming the path.
+    pub async fn build(self) -> Result<Db> {
+        let handle = tokio::runtime::Handle::current();
+        let builder = self.clone();
+        let writer = tokio::task::spawn_blocking(move || open_writer(&builder))
+            .await
+            .map_err(|e| Error::Panicked {
+                message: e.to_string(),
+            })??;
+        self.start(writer, handle, None)
+    }
+
+    /// [`DbBuilder::build`] for threaded code. Inside a tokio runtime it uses that runtime
+    /// for its readers; outside one, it starts a small one of its own.
+    ///
+    /// # Errors
+    /// As [`DbBuilder::build`].
+    pub fn build_blocking(self) -> Result<Db> {
+        let writer = open_writer(&self)?;
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => self.start(writer, handle, None),
+            Err(_) => {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .thread_name("luca-db")
+                    .enable_all()
+                    .build()
+                    .map_err(|e| Error::Pool {
+                        path: self.path.clone(),
+                        reason: format!("cannot start a runtime: {e}"),
+                    })?;
+                let handle = rt.handle().clone();
+                self.start(writer, handle, Some(rt))
+            }
+        }
+    }
+
+    fn start(
+        self,
+        writer: Connection,
+        runtime: tokio::runtime::Handle,
+        own_runtime: Option<tokio::runtime::Runtime>,
+    ) -> Result<Db> {
+        let stats = Arc::new(StatsInner::new());
+        let manager = ReadManager {
+            path: self.path.clone(),
+            pragmas: self.pragmas().with_query_only(true),
+        };
+        let readers = Pool::builder(manager)
+            .max_size(self.max_readers)
+            .wait_timeout(self.pool_wait_timeout)
+            .runtime(deadpool::Runtime::Tokio1)
+            .build()
+            .map_err(|e| Error::Pool {
+                path: self.path.clone(),
+                reason: e.to_string(),
+            })?;
+        let (tx, rx) = mpsc::channel();
+        let cfg = WriterConfig {
+            group_commit: self.group_commit,
+            max_batch: self.max_batch,
+            max_wait: self.max_wait,
+            retry: self.retry,
+        };
+        let thread_stats = Arc::clone(&stats);
+        let thread = std::thread::Builder::new()
+            .name("luca-db-writer".into())
+            .spawn(move || writer::run(writer, rx, cfg, thread_stats))
+            .map_err(|e| Error::Pool {
+                path: self.path.clone(),
+                reason: format!("cannot start the writer thread: {e}"),
+            })?;
+        Ok(Db {
+            inner: Arc::new(Inner {
+                path: self.path,
+                readers,
+                writes: tx,
+                writer_thread: Mutex::new(Some(thread)),
+                stats,
+                runtime,
+                _own_runtime: own_runtime,
+            }),
+        })
+    }
+}
+
+/// Opens and checks the write connection.
+fn open_writer(b: &DbBuilder) -> Result<Connection> {
+    let conn = pragmas::open(&b.path, &b.pragmas())?;
+    let open_err = |source| Error::Open {
+        path: b.path.clone(),
+        source,
+    };
+    if conn.is_readonly(rusqlite::MAIN_DB).map_err(open_err)? {
+        return Err(Error::ReadOnly {
+            path: b.path.clone(),
+        });
+    }
+    // Reads the schema: a file whose first pages are damaged fails here, not later.
+    conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map_err(open_err)?;
+    if let Some(pages) = b.wal_autocheckpoint {
+        conn.pragma_update(None, "wal_autocheckpoint", pages)
+            .map_err(open_err)?;
+    }
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+impl Db {
+    /// Opens `path` with the defaults (creating it if missing). See [`DbBuilder::build`].
+    ///
+    /// # Errors
+    /// As [`DbBuilder::build`].
+    pub async fn open(path: impl AsRef<Path>) -> Result<Db> {
+        Db::builder(path).build().await
+    }
+
+    /// [`Db::open`] for threaded code. See [`DbBuilder::build_blocking`].
+    ///
+    /// # Errors
+    /// As [`DbBuilder::build`].
+    pub fn open_blocking(path: impl AsRef<Path>) -> Result<Db> {
+        Db::builder(path).build_blocking()
+    }
+
+    /// Settings for a new handle.
+    pub fn builder(path: impl AsRef<Path>) -> DbBuilder {
+        DbBuilder::new(path.as_ref().to_path_buf())
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `f` on a reader connection (`query_only`; it sees the last committed state).
+    /// `f` runs on a blocking thread, never on the async worker.
+    ///
+    /// A connection `f` leaves inside an open transaction is rolled back before anyone
+    /// else gets it; a panic in `f` is returned as [`Error::Panicked`] and the connection
+    /// is discarded.
+    ///
+    /// # Errors
+    /// Whatever `f` returns; [`Error::Pool`] when no reader frees up within the wait
+    /// timeout; [`Error::Closed`] after [`Db::close`].
+    pub async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let inner = &self.inner;
+        let conn = inner.readers.get().await.map_err(|e| self.pool_error(e))?;
+        inner
+            .stats
+            .reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let stats = Arc::clone(&inner.stats);
+        let outcome = conn
+            .interact(move |c: &mut Connection| {
+                let result = f(c);
+                let clean = c.is_autocommit() || {
+                    stats
+                        .dirty_rollbacks
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    c.execute_batch("ROLLBACK").is_ok()
+                };
+                (result, clean)
+            })
+            .await;
+        match outcome {
+            Ok((result, true)) => result,
+            Ok((result, false)) => {
+                // It could not be rolled back: never hand it out again.
+                let _ = managed::Object::take(conn);
+                result
+            }
+            Err(deadpool_sync::InteractError::Panic(payload)) => {
+                inner
+                    .stats
+                    .panics
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Err(Error::Panicked {
+                    message: panic_message(&*payload),
+                })
+            }
+            Err(deadpool_sync::InteractError::Cancelled) => Err(self.closed()),
+        }
+    }
+
+    /// [`Db::read`] for threaded code: blocks the calling thread.
+    ///
+    /// # Errors
+    /// As [`Db::read`].
+    ///
+    /// # Panics
+    /// When called from inside an async task (use [`Db::read`] there).
+    pub fn read_blocking<T, F>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.inner.runtime.block_on(self.read(f))
+    }
+
+    /// Queues `f` on the write path and waits until its transaction committed.
+    ///
+    /// `f` runs on the writer thread inside `BEGIN IMMEDIATE … COMMIT`, or inside a
+    /// `SAVEPOINT` of a group commit; the `&Connection` is the same type either way. If
+    /// `f` returns an error (or panics), only its own changes are rolled back and it gets
+    /// the error. `Ok` is returned only after the `COMMIT` that includes the write
+    /// succeeded. `f` may run more than once (when another process's lock forces the
+    /// transaction to be retried), so it must not have side effects outside the database.
+    ///
+    /// Dropping the returned future does not cancel the write: it is committed or rolled
+    /// back as a whole all the same.
+    ///
+    /// # Errors
+    /// Whatever `f` returns; [`Error::Closed`] after [`Db::close`]; a busy error when
+    /// another process held the lock past the retry policy.
+    pub async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        F: FnMut(&Connection) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let rx = self.enqueue(f)?;
+        rx.await.map_err(|_| self.closed())?
+    }
+
+    /// [`Db::write`] for threaded code: blocks the calling thread.
+    ///
+    /// # Errors
+    /// As [`Db::write`].
+    ///
+    /// # Panics
+    /// When called from inside an async task (use [`Db::write`] there).
+    pub fn write_blocking<T, F>(&self, f: F) -> Result<T>
+    where
+        F: FnMut(&Connection) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let rx = self.enqueue(f)?;
+        rx.blocking_recv().map_err(|_| self.closed())?
+    }
+
+    fn enqueue<T, F>(&self, f: F) -> Result<oneshot::Receiver<Result<T>>>
+    where
+        F: FnMut(&Connection) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let job = TypedJob {
+            f,
+            value: None,
+            reply,
+            enqueued: Instant::now(),
+        };
+        self.inner.stats.enqueued();
+        if self.inner.writes.send(Msg::Write(Box::new(job))).is_err() {
+            self.inner.stats.dequeued(1);
+            return Err(self.closed());
+        }
+        Ok(rx)
+    }
+
+    /// Counters, queue depth, lock-wait and latency percentiles, group sizes.
+    pub fn stats(&self) -> DbStats {
+        self.inner.stats.snapshot()
+    }
+
+    /// Finishes the writes already queued, checkpoints the WAL, and closes the pool.
+    /// Later calls on any clone of this handle return [`Error::Closed`].
+    ///
+    /// # Errors
+    /// [`Error::Closed`] when the handle was already closed.
+    pub async fn close(&self) -> Result<()> {
+        let (ack, done) = oneshot::channel();
+        if self.inner.writes.send(Msg::Close(ack)).is_err() {
+            return Err(self.closed());
+        }
+        let _ = done.await;
+        self.finish_close();
+        Ok(())
+    }
+
+    /// [`Db::close`] for threaded code.
+    ///
+    /// # Errors
+    /// As [`Db::close`].
+    pub fn close_blocking(&self) -> Result<()> {
+        let (ack, done) = oneshot::channel();
+        if self.inner.writes.send(Msg::Close(ack)).is_err() {
+            return Err(self.closed());
+        }
+        let _ = done.blocking_recv();
+        self.finish_close();
+        Ok(())
+    }
+
+    fn finish_close(&self) {
+        self.inner.readers.close();
+        let thread = self
+            .inner
+            .writer_thread
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(t) = thread {
+            let _ = t.join();
+        }
+    }
+
+    fn closed(&self) -> Error {
+        Error::Closed {
+            path: self.inner.path.clone(),
+        }
+    }
+
+    fn pool_error(&self, e: PoolError<Error>) -> Error {
+        match e {
+            PoolError::Closed => self.closed(),
+            PoolError::Backend(e) => e,
+            other => Error::Pool {
+                path: self.inner.path.clone(),
+                reason: other.to_string(),
+            },
+        }
+    }
+}
+
+/// Creates reader connections; recycling costs no round trip to SQLite.
+struct ReadManager {
+    path: PathBuf,
+    pragmas: Pragmas,
+}
+
+impl managed::Manager for ReadManager {
+    type Type = SyncWrapper<Connection>;
+    type Error = Error;
+
+    async fn create(&self) -> Result<SyncWrapper<Connection>> {
+        let path = self.path.clone();
+        let pragmas = self.pragmas;
+        SyncWrapper::new(deadpool::Runtime::Tokio1, move || {
+            pragmas::open(&path, &pragmas)
+        })
+        .await
+    }
+
+    async fn recycle(
+        &self,
+        conn: &mut SyncWrapper<Connection>,
+        _: &Metrics,
+    ) -> RecycleResult<Error> {
+        if conn.is_mutex_poisoned() {
+            return Err(RecycleError::message(
+                "a closure panicked while holding this connection",
+            ));
+        }
+        Ok(())
+    }
+}
