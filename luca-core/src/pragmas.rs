@@ -9,7 +9,7 @@
 //! 4. `foreign_keys=ON`.
 //! 5. `query_only=ON` for connections that must never write.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::Connection;
@@ -140,7 +140,15 @@ pub fn apply(conn: &Connection, pragmas: &Pragmas) -> Result<()> {
 /// # Errors
 /// [`Error::InvalidPath`] for an empty path or a directory, [`Error::Open`] when SQLite
 /// cannot open or read the file, [`Error::NotWal`] as in [`apply`].
-pub fn open(path: &std::path::Path, pragmas: &Pragmas) -> Result<Connection> {
+pub fn open(path: &Path, pragmas: &Pragmas) -> Result<Connection> {
+    let conn = open_unconfigured(path)?;
+    apply(&conn, pragmas)?;
+    Ok(conn)
+}
+
+/// Opens `path` (creating it if missing) with SQLite's defaults, after checking that the
+/// path can name a database file.
+pub(crate) fn open_unconfigured(path: &Path) -> Result<Connection> {
     if path.as_os_str().is_empty() {
         return Err(Error::InvalidPath {
             path: path.to_path_buf(),
@@ -153,10 +161,8 @@ pub fn open(path: &std::path::Path, pragmas: &Pragmas) -> Result<Connection> {
             reason: "it is a directory",
         });
     }
-    let conn = Connection::open(path).map_err(|source| Error::Open {
+    Connection::open(path).map_err(|source| Error::Open {
         path: path.to_path_buf(),
         source,
-    })?;
-    apply(&conn, pragmas)?;
-    Ok(conn)
+    })
 }

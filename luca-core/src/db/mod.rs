@@ -75,7 +75,20 @@ struct Inner {
     stats: Arc<StatsInner>,
     runtime: tokio::runtime::Handle,
     /// A runtime of our own when the handle was opened outside of one.
-    _own_runtime: Option<tokio::runtime::Runtime>,
+    own_runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        {
+            let _runtime = self.runtime.enter();
+            self.readers.close();
+        }
+        if let Some(rt) = self.own_runtime.take() {
+            // Never blocks, so dropping the last handle inside async code is fine too.
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl fmt::Debug for Db {
@@ -270,7 +283,7 @@ impl DbBuilder {
                 writer_thread: Mutex::new(Some(thread)),
                 stats,
                 runtime,
-                _own_runtime: own_runtime,
+                own_runtime,
             }),
         })
     }
@@ -278,16 +291,19 @@ impl DbBuilder {
 
 /// Opens and checks the write connection.
 fn open_writer(b: &DbBuilder) -> Result<Connection> {
-    let conn = pragmas::open(&b.path, &b.pragmas())?;
     let open_err = |source| Error::Open {
         path: b.path.clone(),
         source,
     };
+    let conn = pragmas::open_unconfigured(&b.path)?;
+    // SQLite falls back to a read-only open when the file cannot be written; say so
+    // before any PRAGMA fails in a less obvious way.
     if conn.is_readonly(rusqlite::MAIN_DB).map_err(open_err)? {
         return Err(Error::ReadOnly {
             path: b.path.clone(),
         });
     }
+    pragmas::apply(&conn, &b.pragmas())?;
     // Reads the schema: a file whose first pages are damaged fails here, not later.
     conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
         r.get::<_, i64>(0)
@@ -492,6 +508,8 @@ impl Db {
     }
 
     fn finish_close(&self) {
+        // Dropping a pooled connection hands it to the runtime's blocking pool.
+        let _runtime = self.inner.runtime.enter();
         self.inner.readers.close();
         let thread = self
             .inner

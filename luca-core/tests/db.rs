@@ -1,0 +1,661 @@
+//! `Db`: PRAGMAs, the fair write path, group-commit atomicity, hygiene (dirty
+//! connections, panics, cancellation), two writer processes, and bad input. Real files,
+//! real tasks, threads and processes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use luca_core::rusqlite::{self, Connection};
+use luca_core::{Db, Error};
+use luca_testkit::TempDb;
+
+const T: Duration = Duration::from_secs(30);
+
+async fn with_table(db: &TempDb) -> Db {
+    let h = Db::open(db.path()).await.unwrap();
+    h.write(|c| {
+        c.execute_batch(
+            "CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, k TEXT UNIQUE, v INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS counter (id INTEGER PRIMARY KEY, n INTEGER NOT NULL);
+             INSERT OR IGNORE INTO counter VALUES (1, 0);",
+        )?;
+        Ok(())
+    })
+    .await
+    .unwrap();
+    h
+}
+
+fn count(path: &std::path::Path) -> i64 {
+    let c = Connection::open(path).unwrap();
+    c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// Holds the writer thread inside a write until the returned sender fires, so that the
+/// writes queued meanwhile form one group.
+fn hold_writer(db: &Db) -> (std::sync::mpsc::Sender<()>, tokio::task::JoinHandle<()>) {
+    let (release, wait) = std::sync::mpsc::channel::<()>();
+    let wait = std::sync::Mutex::new(wait);
+    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+    let db = db.clone();
+    let task = tokio::spawn(async move {
+        db.write(move |_| {
+            let _ = started_tx.send(());
+            let _ = wait.lock().unwrap().recv_timeout(T);
+            Ok(())
+        })
+        .await
+        .unwrap();
+    });
+    started_rx
+        .recv_timeout(T)
+        .expect("the writer picked up the holding write");
+    (release, task)
+}
+
+#[tokio::test]
+async fn pragmas_read_back_on_writer_and_readers() {
+    let tmp = TempDb::new();
+    let db = Db::builder(tmp.path())
+        .busy_timeout(Duration::from_millis(1234))
+        .build()
+        .await
+        .unwrap();
+    let read_pragmas = |c: &Connection| -> luca_core::Result<(i64, String, i64, i64, i64)> {
+        Ok((
+            c.query_row("PRAGMA busy_timeout", [], |r| r.get(0))?,
+            c.query_row("PRAGMA journal_mode", [], |r| r.get(0))?,
+            c.query_row("PRAGMA synchronous", [], |r| r.get(0))?,
+            c.query_row("PRAGMA foreign_keys", [], |r| r.get(0))?,
+            c.query_row("PRAGMA query_only", [], |r| r.get(0))?,
+        ))
+    };
+    let w = db.write(move |c| read_pragmas(c)).await.unwrap();
+    assert_eq!(w, (1234, "wal".to_owned(), 1, 1, 0), "writer");
+    let r = db.read(move |c| read_pragmas(c)).await.unwrap();
+    assert_eq!(r, (1234, "wal".to_owned(), 1, 1, 1), "reader is query_only");
+    let refused = db
+        .read(|c| Ok(c.execute("CREATE TABLE nope (x)", [])?))
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("readonly") || refused.to_string().contains("query_only"),
+        "{refused}"
+    );
+    db.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_tasks_write_without_escaped_or_lost_writes() {
+    let tmp = TempDb::new();
+    let db = with_table(&tmp).await;
+    let tasks: Vec<_> = (0..64)
+        .map(|t| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                for i in 0..50 {
+                    db.write(move |c| {
+                        c.execute(
+                            "INSERT INTO t (k, v) VALUES (?1, ?2)",
+                            (format!("{t}-{i}"), i),
+                        )?;
+                        Ok(())
+                    })
+                    .await?;
+                    // Read-modify-write in one transaction: no lost increment.
+                    db.write(|c| {
+                        let n: i64 =
+                            c.query_row("SELECT n FROM counter WHERE id = 1", [], |r| r.get(0))?;
+                        c.execute("UPDATE counter SET n = ?1 WHERE id = 1", [n + 1])?;
+                        Ok(())
+                    })
+                    .await?;
+                }
+                Ok::<_, Error>(())
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let stats = db.stats();
+    db.close().await.unwrap();
+    assert_eq!(count(tmp.path()), 64 * 50);
+    let c = Connection::open(tmp.path()).unwrap();
+    let n: i64 = c
+        .query_row("SELECT n FROM counter", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 64 * 50, "every increment kept");
+    assert_eq!(stats.writes_ok, 1 + 2 * 64 * 50);
+    assert_eq!(stats.writes_failed, 0);
+    assert_eq!(stats.busy_total(), 0, "no busy error inside one process");
+    assert!(stats.commits <= stats.writes_ok);
+    assert_eq!(stats.write_latency_ns.count, stats.writes_ok);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_write_in_a_group_rolls_back_alone() {
+    let tmp = TempDb::new();
+    let db = with_table(&tmp).await;
+    let (release, holder) = hold_writer(&db);
+    let writes: Vec<_> = (0..10)
+        .map(|i| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                db.write(move |c| {
+                    c.execute("INSERT INTO t (k, v) VALUES (?1, 1)", [format!("row{i}")])?;
+                    c.execute("INSERT INTO t (k, v) VALUES (?1, 2)", [format!("row{i}b")])?;
+                    if i == 3 {
+                        // Fails after its own two inserts: both must vanish.
+                        c.execute("INSERT INTO t (k, v) VALUES ('row0', 3)", [])?;
+                    }
+                    Ok(i)
+                })
+                .await
+            })
+        })
+        .collect();
+    // Let every write reach the queue before the writer is released.
+    for _ in 0..200 {
+        if db.stats().queue_depth == 10 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(db.stats().queue_depth, 10);
+    release.send(()).unwrap();
+    holder.await.unwrap();
+    let mut failed = Vec::new();
+    for (i, w) in writes.into_iter().enumerate() {
+        match w.await.unwrap() {
+            Ok(v) => assert_eq!(v, i),
+            Err(e) => {
+                assert!(e.to_string().contains("UNIQUE"), "{e}");
+                failed.push(i);
+            }
+        }
+    }
+    assert_eq!(failed, [3]);
+    let stats = db.stats();
+    assert_eq!(
+        stats.group_sizes.max, 10,
+        "the ten writes committed as one group"
+    );
+    db.close().await.unwrap();
+    let c = Connection::open(tmp.path()).unwrap();
+    let k3: i64 = c
+        .query_row("SELECT count(*) FROM t WHERE k LIKE 'row3%'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(k3, 0, "the failed write left nothing behind");
+    assert_eq!(count(tmp.path()), 18);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_commit_tells_nobody_success_wrongly() {
+    let tmp = TempDb::new();
+    let db = Db::open(tmp.path()).await.unwrap();
+    db.write(|c| {
+        c.execute_batch(
+            "CREATE TABLE parent (id INTEGER PRIMARY KEY);
+             CREATE TABLE child (id INTEGER PRIMARY KEY,
+                 parent INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED);
+             INSERT INTO parent VALUES (1);",
+        )?;
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let (release, holder) = hold_writer(&db);
+    let writes: Vec<_> = (0..8i64)
+        .map(|i| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                // Write 5 points at a missing parent: its savepoint releases fine, and only
+                // the shared COMMIT finds the deferred foreign-key violation.
+                let parent = if i == 5 { 99 } else { 1 };
+                let r = db
+                    .write(move |c| {
+                        c.execute(
+                            "INSERT INTO child (id, parent) VALUES (?1, ?2)",
+                            [i, parent],
+                        )?;
+                        Ok(())
+                    })
+                    .await;
+                (i, r)
+            })
+        })
+        .collect();
+    for _ in 0..200 {
+        if db.stats().queue_depth == 8 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    release.send(()).unwrap();
+    holder.await.unwrap();
+    let mut acked = Vec::new();
+    for w in writes {
+        let (i, r) = w.await.unwrap();
+        match r {
+            Ok(()) => acked.push(i),
+            Err(e) => {
+                assert_eq!(i, 5, "only the culprit fails: {e}");
+                assert!(e.to_string().contains("FOREIGN KEY"), "{e}");
+            }
+        }
+    }
+    assert_eq!(acked, [0, 1, 2, 3, 4, 6, 7]);
+    assert_eq!(db.stats().commit_fallbacks, 1);
+    db.close().await.unwrap();
+    let c = Connection::open(tmp.path()).unwrap();
+    let mut stmt = c.prepare("SELECT id FROM child ORDER BY id").unwrap();
+    let present: Vec<i64> = stmt
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(present, acked, "acknowledged exactly when committed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_write_does_not_poison_the_others() {
+    let tmp = TempDb::new();
+    let db = with_table(&tmp).await;
+    let (release, holder) = hold_writer(&db);
+    let good = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            db.write(|c| Ok(c.execute("INSERT INTO t (k, v) VALUES ('good', 1)", [])?))
+                .await
+        })
+    };
+    let bad = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            db.write(|c| -> luca_core::Result<()> {
+                c.execute("INSERT INTO t (k, v) VALUES ('bad', 1)", [])?;
+                panic!("boom in a write")
+            })
+            .await
+        })
+    };
+    for _ in 0..200 {
+        if db.stats().queue_depth == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    release.send(()).unwrap();
+    holder.await.unwrap();
+    assert_eq!(good.await.unwrap().unwrap(), 1);
+    match bad.await.unwrap() {
+        Err(Error::Panicked { message }) => assert!(message.contains("boom"), "{message}"),
+        other => panic!("expected Panicked, got {other:?}"),
+    }
+    // The write path still works.
+    db.write(|c| Ok(c.execute("INSERT INTO t (k, v) VALUES ('after', 1)", [])?))
+        .await
+        .unwrap();
+    assert_eq!(db.stats().panics, 1);
+    db.close().await.unwrap();
+    let c = Connection::open(tmp.path()).unwrap();
+    let ks: Vec<String> = c
+        .prepare("SELECT k FROM t ORDER BY k")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(ks, ["after", "good"]);
+}
+
+#[tokio::test]
+async fn a_reader_left_in_a_transaction_is_rolled_back_before_reuse() {
+    let tmp = TempDb::new();
+    let db = Db::builder(tmp.path())
+        .max_readers(1)
+        .build()
+        .await
+        .unwrap();
+    // Fault injection: the closure opens a transaction and never ends it.
+    db.read(|c| {
+        c.execute_batch("BEGIN")?;
+        let _: i64 = c.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let clean = db.read(|c| Ok(c.is_autocommit())).await.unwrap();
+    assert!(clean, "the single reader came back in autocommit mode");
+    assert_eq!(db.stats().dirty_rollbacks, 1);
+    // A reader snapshot left open would hide this write from later reads.
+    db.write(|c| Ok(c.execute_batch("CREATE TABLE seen (x)")?))
+        .await
+        .unwrap();
+    let n: i64 = db
+        .read(|c| {
+            Ok(c.query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE name = 'seen'",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    db.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_panicking_read_discards_its_connection_only() {
+    let tmp = TempDb::new();
+    let db = Db::builder(tmp.path())
+        .max_readers(1)
+        .build()
+        .await
+        .unwrap();
+    let err = db
+        .read(|_| -> luca_core::Result<()> { panic!("boom in a read") })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Panicked { .. }), "{err:?}");
+    let one: i64 = db
+        .read(|c| Ok(c.query_row("SELECT 1", [], |r| r.get(0))?))
+        .await
+        .unwrap();
+    assert_eq!(one, 1, "the pool replaced the poisoned connection");
+    db.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_write_future_commits_all_or_nothing() {
+    let tmp = TempDb::new();
+    let db = with_table(&tmp).await;
+    let (release, holder) = hold_writer(&db);
+    let ran = Arc::new(AtomicU32::new(0));
+    let ran2 = Arc::clone(&ran);
+    let write = db.write(move |c| {
+        ran2.fetch_add(1, Ordering::SeqCst);
+        for i in 0..100 {
+            c.execute("INSERT INTO t (k, v) VALUES (?1, 0)", [format!("c{i}")])?;
+        }
+        Ok(())
+    });
+    // The caller gives up while the write is queued.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(20), write)
+            .await
+            .is_err()
+    );
+    release.send(()).unwrap();
+    holder.await.unwrap();
+    db.close().await.unwrap();
+    let n = count(tmp.path());
+    assert!(n == 0 || n == 100, "all or nothing, found {n}");
+    assert_eq!(n, 100, "a queued write still runs once its caller is gone");
+    assert_eq!(ran.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_closure_that_ends_the_transaction_gets_an_error() {
+    let tmp = TempDb::new();
+    let db = with_table(&tmp).await;
+    let err = db
+        .write(|c| {
+            c.execute("INSERT INTO t (k, v) VALUES ('x', 1)", [])?;
+            c.execute_batch("COMMIT")?;
+            Ok(())
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::TransactionEnded), "{err:?}");
+    // The write path recovers.
+    db.write(|c| Ok(c.execute("INSERT INTO t (k, v) VALUES ('y', 1)", [])?))
+        .await
+        .unwrap();
+    db.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn closed_handles_refuse_work() {
+    let tmp = TempDb::new();
+    let db = with_table(&tmp).await;
+    let other = db.clone();
+    db.close().await.unwrap();
+    assert!(matches!(
+        other.write(|_| Ok(())).await,
+        Err(Error::Closed { .. })
+    ));
+    assert!(matches!(
+        other.read(|_| Ok(())).await,
+        Err(Error::Closed { .. })
+    ));
+    assert!(matches!(other.close().await, Err(Error::Closed { .. })));
+}
+
+#[test]
+fn blocking_api_from_plain_threads() {
+    let tmp = TempDb::new();
+    let db = Db::open_blocking(tmp.path()).unwrap();
+    db.write_blocking(|c| {
+        Ok(c.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, k TEXT, v INTEGER)")?)
+    })
+    .unwrap();
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let db = db.clone();
+            s.spawn(move || {
+                for i in 0..25 {
+                    db.write_blocking(move |c| {
+                        Ok(c.execute("INSERT INTO t (k, v) VALUES (?1, ?2)", (format!("{t}"), i))?)
+                    })
+                    .unwrap();
+                }
+            });
+        }
+    });
+    let n: i64 = db
+        .read_blocking(|c| Ok(c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))?))
+        .unwrap();
+    assert_eq!(n, 200);
+    db.close_blocking().unwrap();
+}
+
+// --- two writer processes --------------------------------------------------------------
+
+const CHILD_ENV: &str = "LUCA_DB_TEST_CHILD_WRITER";
+const PER_PROCESS: i64 = 400;
+
+/// Entry point of the child process (a no-op unless the parent set the variable).
+#[test]
+fn child_writer_process() {
+    let Ok(path) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let db = Db::builder(&path)
+        .busy_timeout(Duration::from_millis(5))
+        .build_blocking()
+        .unwrap();
+    for i in 0..PER_PROCESS {
+        db.write_blocking(move |c| {
+            Ok(c.execute("INSERT INTO t (k, v) VALUES (?1, 2)", [format!("child{i}")])?)
+        })
+        .expect("no error escapes the child's writes");
+    }
+    db.close_blocking().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_writer_processes_lose_nothing() {
+    let tmp = TempDb::new();
+    let db = Db::builder(tmp.path())
+        .busy_timeout(Duration::from_millis(5))
+        .build()
+        .await
+        .unwrap();
+    db.write(|c| {
+        Ok(c.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, k TEXT UNIQUE, v INTEGER)")?)
+    })
+    .await
+    .unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["child_writer_process", "--exact", "--test-threads=1"])
+        .env(CHILD_ENV, tmp.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for i in 0..PER_PROCESS {
+        db.write(move |c| {
+            Ok(c.execute(
+                "INSERT INTO t (k, v) VALUES (?1, 1)",
+                [format!("parent{i}")],
+            )?)
+        })
+        .await
+        .expect("no error escapes the parent's writes");
+    }
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "child writer failed: {status}");
+    let stats = db.stats();
+    db.close().await.unwrap();
+    assert_eq!(count(tmp.path()), 2 * PER_PROCESS, "0 lost");
+    assert_eq!(stats.writes_failed, 0, "0 escaped");
+    eprintln!(
+        "parent met {} busy errors from the other process",
+        stats.busy_total()
+    );
+}
+
+// --- bad input ---------------------------------------------------------------------------
+
+fn assert_names(err: &Error, path: &std::path::Path) {
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "`{err}` does not name {}",
+        path.display()
+    );
+}
+
+#[tokio::test]
+async fn opening_a_directory_is_a_typed_error() {
+    let tmp = TempDb::new();
+    let dir = tmp.path().parent().unwrap();
+    let err = Db::open(dir).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidPath { .. }), "{err:?}");
+    assert_names(&err, dir);
+}
+
+#[tokio::test]
+async fn opening_in_a_missing_directory_is_a_typed_error() {
+    let tmp = TempDb::new();
+    let path = tmp.path().parent().unwrap().join("missing").join("x.db");
+    let err = Db::open(&path).await.unwrap_err();
+    assert!(matches!(err, Error::Open { .. }), "{err:?}");
+    assert_eq!(err.extended_code(), Some(rusqlite::ffi::SQLITE_CANTOPEN));
+    assert_names(&err, &path);
+}
+
+#[tokio::test]
+async fn opening_a_non_sqlite_file_is_a_typed_error() {
+    let tmp = TempDb::new();
+    std::fs::write(
+        tmp.path(),
+        b"this is a text file, not a database; ".repeat(200),
+    )
+    .unwrap();
+    let err = Db::open(tmp.path()).await.unwrap_err();
+    assert!(matches!(err, Error::Open { .. }), "{err:?}");
+    assert_eq!(err.extended_code(), Some(rusqlite::ffi::SQLITE_NOTADB));
+    assert_names(&err, tmp.path());
+}
+
+#[tokio::test]
+async fn opening_a_corrupt_file_is_a_typed_error() {
+    let tmp = TempDb::new();
+    {
+        let c = Connection::open(tmp.path()).unwrap();
+        c.execute_batch(
+            "PRAGMA journal_mode=DELETE; CREATE TABLE a (x); CREATE TABLE b (y); INSERT INTO a VALUES (1);",
+        )
+        .unwrap();
+    }
+    // Keep the 100-byte header, smash the schema page behind it.
+    let mut bytes = std::fs::read(tmp.path()).unwrap();
+    for b in &mut bytes[100..4096] {
+        *b = 0xA5;
+    }
+    std::fs::write(tmp.path(), &bytes).unwrap();
+    let err = Db::open(tmp.path()).await.unwrap_err();
+    assert!(matches!(err, Error::Open { .. }), "{err:?}");
+    assert_eq!(
+        err.extended_code().map(|c| c & 0xff),
+        Some(rusqlite::ffi::SQLITE_CORRUPT)
+    );
+    assert_names(&err, tmp.path());
+}
+
+/// Makes a file read-only for everyone, root included, for as long as it lives.
+struct ReadOnlyFile<'a>(&'a std::path::Path, bool);
+
+impl<'a> ReadOnlyFile<'a> {
+    fn new(path: &'a std::path::Path) -> ReadOnlyFile<'a> {
+        // File mode bits do not stop root; the immutable attribute does.
+        let immutable = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(path)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !immutable {
+            let mut perms = std::fs::metadata(path).unwrap().permissions();
+            perms.set_readonly(true);
+            std::fs::set_permissions(path, perms).unwrap();
+        }
+        assert!(
+            std::fs::OpenOptions::new().write(true).open(path).is_err(),
+            "could not make {} read-only (needs `chattr +i` as root, or a non-root user)",
+            path.display()
+        );
+        ReadOnlyFile(path, immutable)
+    }
+}
+
+impl Drop for ReadOnlyFile<'_> {
+    fn drop(&mut self) {
+        if self.1 {
+            let _ = std::process::Command::new("chattr")
+                .arg("-i")
+                .arg(self.0)
+                .status();
+        } else if let Ok(meta) = std::fs::metadata(self.0) {
+            let mut perms = meta.permissions();
+            #[allow(clippy::permissions_set_readonly_false)]
+            perms.set_readonly(false);
+            let _ = std::fs::set_permissions(self.0, perms);
+        }
+    }
+}
+
+#[tokio::test]
+async fn opening_a_read_only_file_for_writing_is_a_typed_error() {
+    let tmp = TempDb::new();
+    {
+        let c = Connection::open(tmp.path()).unwrap();
+        c.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE a (x);")
+            .unwrap();
+    }
+    let err = {
+        let _ro = ReadOnlyFile::new(tmp.path());
+        Db::open(tmp.path()).await.unwrap_err()
+    };
+    assert!(matches!(err, Error::ReadOnly { .. }), "{err:?}");
+    assert_names(&err, tmp.path());
+}
