@@ -466,10 +466,58 @@ fn blocking_api_from_plain_threads() {
     db.close_blocking().unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_processes_lock_is_waited_out_with_the_retry_policy() {
+    let tmp = TempDb::new();
+    let db = Db::builder(tmp.path())
+        .busy_timeout(Duration::ZERO)
+        .retry_policy(
+            luca_core::retry::RetryPolicy::new()
+                .with_max_retries(100)
+                .with_delay(Duration::from_millis(2))
+                .with_max_delay(Duration::from_millis(20)),
+        )
+        .build()
+        .await
+        .unwrap();
+    db.write(
+        |c| Ok(c.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, k TEXT, v INTEGER)")?),
+    )
+    .await
+    .unwrap();
+    // Another connection (standing in for another process) holds the write lock.
+    let lock = luca_testkit::WriteLock::hold(tmp.path()).unwrap();
+    let releaser = lock.release_after(Duration::from_millis(100));
+    db.write(|c| Ok(c.execute("INSERT INTO t (k, v) VALUES ('x', 1)", [])?))
+        .await
+        .unwrap();
+    releaser.join().unwrap().unwrap();
+    let stats = db.stats();
+    assert!(stats.retries >= 1, "{stats}");
+    assert!(
+        stats.busy_by_code[luca_core::retry::BusyCode::Busy.index()] >= 1,
+        "{stats}"
+    );
+    assert_eq!(stats.writes_failed, 0);
+    db.close().await.unwrap();
+    assert_eq!(count(tmp.path()), 1);
+}
+
 // --- two writer processes --------------------------------------------------------------
 
 const CHILD_ENV: &str = "LUCA_DB_TEST_CHILD_WRITER";
-const PER_PROCESS: i64 = 400;
+const PER_PROCESS: i64 = 1000;
+
+/// No busy_timeout at all: every collision with the other process is a SQLITE_BUSY that
+/// the write path must retry, never hand to the caller.
+fn contended(path: impl AsRef<std::path::Path>) -> luca_core::DbBuilder {
+    Db::builder(path).busy_timeout(Duration::ZERO).retry_policy(
+        luca_core::retry::RetryPolicy::new()
+            .with_max_retries(1000)
+            .with_delay(Duration::from_micros(200))
+            .with_max_delay(Duration::from_millis(10)),
+    )
+}
 
 /// Entry point of the child process (a no-op unless the parent set the variable).
 #[test]
@@ -477,10 +525,7 @@ fn child_writer_process() {
     let Ok(path) = std::env::var(CHILD_ENV) else {
         return;
     };
-    let db = Db::builder(&path)
-        .busy_timeout(Duration::from_millis(5))
-        .build_blocking()
-        .unwrap();
+    let db = contended(&path).build_blocking().unwrap();
     for i in 0..PER_PROCESS {
         db.write_blocking(move |c| {
             Ok(c.execute("INSERT INTO t (k, v) VALUES (?1, 2)", [format!("child{i}")])?)
