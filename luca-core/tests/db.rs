@@ -87,6 +87,33 @@ async fn pragmas_read_back_on_writer_and_readers() {
     db.close().await.unwrap();
 }
 
+#[tokio::test]
+async fn builder_settings_reach_the_connections() {
+    let tmp = TempDb::new();
+    let db = Db::builder(tmp.path())
+        .synchronous(luca_core::pragmas::Synchronous::Full)
+        .wal_autocheckpoint(123)
+        .build()
+        .await
+        .unwrap();
+    let (sync, ckpt): (i64, i64) = db
+        .write(|c| {
+            Ok((
+                c.query_row("PRAGMA synchronous", [], |r| r.get(0))?,
+                c.query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))?,
+            ))
+        })
+        .await
+        .unwrap();
+    assert_eq!((sync, ckpt), (2, 123));
+    let reader_sync: i64 = db
+        .read(|c| Ok(c.query_row("PRAGMA synchronous", [], |r| r.get(0))?))
+        .await
+        .unwrap();
+    assert_eq!(reader_sync, 2);
+    db.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_tasks_write_without_escaped_or_lost_writes() {
     let tmp = TempDb::new();
