@@ -266,7 +266,7 @@ impl Writer {
 
     /// `BEGIN IMMEDIATE`, `body` (returns whether to commit), then `COMMIT` or `ROLLBACK`.
     fn transaction(&self, body: impl FnOnce(&Connection, Instant) -> bool) -> Tx {
-        if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+        if let Err(e) = exec(&self.conn, "BEGIN IMMEDIATE") {
             return Tx::Busy(e.into());
         }
         let started = Instant::now();
@@ -280,7 +280,7 @@ impl Writer {
             self.rollback();
             return Tx::RolledBack;
         }
-        match self.conn.execute_batch("COMMIT") {
+        match exec(&self.conn, "COMMIT") {
             Ok(()) => Tx::Committed,
             Err(e) => {
                 self.rollback();
@@ -322,17 +322,22 @@ impl Writer {
     }
 }
 
+/// Runs a transaction-control statement from the statement cache (parsed once).
+fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
+}
+
 /// Runs one write of a group inside `SAVEPOINT`; a failure rolls back that write only.
 fn savepoint(conn: &Connection, job: &mut dyn Job) -> Result<()> {
-    conn.execute_batch("SAVEPOINT luca_write")?;
+    exec(conn, "SAVEPOINT luca_write")?;
     let outcome = job.run(conn);
     if conn.is_autocommit() {
         return Err(Error::TransactionEnded);
     }
     if outcome.is_err() {
-        conn.execute_batch("ROLLBACK TO luca_write")?;
+        exec(conn, "ROLLBACK TO luca_write")?;
     }
-    conn.execute_batch("RELEASE luca_write")?;
+    exec(conn, "RELEASE luca_write")?;
     outcome
 }
 
