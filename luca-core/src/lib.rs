@@ -7,6 +7,7 @@ pub mod local;
 pub mod metrics;
 pub mod pragmas;
 pub mod retry;
+mod shared;
 
 #[doc(hidden)]
 #[path = "private.rs"]

@@ -231,3 +231,10 @@ impl<E: crate::retry::Retryable + ?Sized> IntoBusyCode for Unclassified<'_, E> {
         self.0.busy_code()
     }
 }
+
+// --- `#[shared_state]` ------------------------------------------------------------------
+
+pub use crate::shared::{
+    Counter, CounterInt, DebugLocked, Global, GlobalField, Guard, Locked, ReadMostly, Site,
+};
+pub use std::sync::Arc;
