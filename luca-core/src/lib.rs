@@ -43,4 +43,71 @@ pub use metrics::metrics;
 /// ```
 pub use luca_macros::db_retry;
 
+/// Rewrites a struct with named fields so that each field lives behind its own guard and
+/// can only be reached through generated accessors that take sync closures: no code can
+/// touch the data without its lock, and no lock can be held across an `.await`.
+///
+/// For a plain field `hosts: T`: `hosts()` (a clone, when `T: Clone`),
+/// `with_hosts(|&T| …)`, `update_hosts(|&mut T| …)` and `set_hosts(T) -> T` (the old
+/// value). Field options:
+///
+/// - `#[shared(counter)]` on an integer field: an atomic. `requests()`,
+///   `add_requests(n)` and `incr_requests()` (both return the new value, wrapping on
+///   overflow), `set_requests(n)` (returns the old value).
+/// - `#[shared(read_mostly)]`: an `arc_swap::ArcSwap`. `config() -> Arc<T>` and
+///   `with_config(|&T| …)` never lock; `set_config(T)` swaps in a new value;
+///   `update_config(|&T| -> T)` is a read-copy-update whose closure **may run more than
+///   once** when writers race.
+///
+/// Also generated: `new(…)` taking every field in declaration order; `update(|fields| …)`
+/// running a closure over a `<Name>Fields<'_>` view with every lock-guarded field locked
+/// at once (locks are taken in declaration order, so two of them never deadlock);
+/// `poison_count()`; `Default` when every field type has one; a `Debug` that never blocks
+/// (a field whose lock is held prints as `<locked>`). `#[shared_state(global)]` adds
+/// `Name::global() -> &'static Name`, built with `Default` on first use, exactly once.
+/// `#[shared_state(crate = "path")]` names `luca_core` when it is re-exported under
+/// another path. Visibility, generics and doc comments of the struct and of each field are
+/// kept (a field's docs are carried to its accessors).
+///
+/// A closure that panics does not brick its field: the value is kept as the closure left
+/// it and the recovery is counted in `poison_count()`. Calling an accessor of a field from
+/// inside a closure that holds that same field's lock panics with a message naming the
+/// struct and field, instead of deadlocking.
+///
+/// ```
+/// use std::collections::HashMap;
+/// use std::sync::Arc;
+/// use luca_core::shared_state;
+///
+/// #[derive(Debug, Default, PartialEq)]
+/// pub struct Limits { pub per_host: usize }
+///
+/// #[shared_state(global)]
+/// pub struct RunState {
+///     /// Failures seen per host.
+///     pub failures: HashMap<String, u32>,
+///     #[shared(counter)]
+///     pub requests: u64,
+///     #[shared(read_mostly)]
+///     pub limits: Limits,
+/// }
+///
+/// let state = RunState::global();
+/// state.update_failures(|f| *f.entry("example.org".into()).or_insert(0) += 1);
+/// assert_eq!(state.with_failures(|f| f["example.org"]), 1);
+/// assert_eq!(state.incr_requests(), 1);
+/// assert_eq!(state.add_requests(9), 10);
+/// state.set_limits(Limits { per_host: 4 });
+/// let limits: Arc<Limits> = state.limits();
+/// assert_eq!(limits.per_host, 4);
+/// state.update_limits(|l| Limits { per_host: l.per_host * 2 });
+/// assert_eq!(state.with_limits(|l| l.per_host), 8);
+///
+/// // Several fields changed together, under all their locks.
+/// state.update(|fields| fields.failures.clear());
+/// assert!(state.failures().is_empty());
+/// assert!(format!("{state:?}").starts_with("RunState { failures: {}, requests: 10"));
+/// ```
+pub use luca_macros::shared_state;
+
 pub use rusqlite;

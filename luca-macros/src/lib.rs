@@ -5,6 +5,7 @@
 //! of the item, `valid` checks the rules, `expand` writes the code.
 
 mod db_retry;
+mod shared_state;
 
 use proc_macro::TokenStream;
 
@@ -14,4 +15,13 @@ use proc_macro::TokenStream;
 #[proc_macro_attribute]
 pub fn db_retry(args: TokenStream, item: TokenStream) -> TokenStream {
     db_retry::expand(args.into(), item.into()).into()
+}
+
+/// Rewrites a struct so each field lives behind its own guard and is reached only through
+/// generated closure accessors.
+///
+/// See `luca_core::shared_state` for the documentation.
+#[proc_macro_attribute]
+pub fn shared_state(args: TokenStream, item: TokenStream) -> TokenStream {
+    shared_state::expand(args.into(), item.into()).into()
 }

@@ -7,3 +7,10 @@ fn db_retry_ui() {
     t.pass("tests/ui/db_retry/pass/*.rs");
     t.compile_fail("tests/ui/db_retry/fail/*.rs");
 }
+
+#[test]
+fn shared_state_ui() {
+    let t = trybuild::TestCases::new();
+    t.pass("tests/ui/shared_state/pass/*.rs");
+    t.compile_fail("tests/ui/shared_state/fail/*.rs");
+}

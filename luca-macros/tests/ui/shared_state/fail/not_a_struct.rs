@@ -1,0 +1,6 @@
+use luca_core::shared_state;
+
+#[shared_state]
+fn state() {}
+
+fn main() {}

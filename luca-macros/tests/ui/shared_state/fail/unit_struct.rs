@@ -1,0 +1,6 @@
+use luca_core::shared_state;
+
+#[shared_state]
+struct Nothing;
+
+fn main() {}
