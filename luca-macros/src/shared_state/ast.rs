@@ -26,6 +26,9 @@ pub(crate) struct Field {
     pub(crate) ident: Ident,
     pub(crate) ty: Type,
     pub(crate) kind: Kind,
+    /// Set by `valid` when an accessor name of this field clashes with another generated
+    /// method: the field then gets no accessors (the error explains why).
+    pub(crate) clashes: bool,
 }
 
 impl Input {
@@ -101,6 +104,7 @@ impl Input {
                     ident: f.ident.expect("named fields have names"),
                     ty: f.ty,
                     kind,
+                    clashes: false,
                 }
             })
             .collect();

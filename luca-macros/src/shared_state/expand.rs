@@ -40,7 +40,10 @@ pub(crate) fn expand(input: &Input, args: &Args) -> TokenStream {
         quote!(#[doc = #doc] #(#attrs)* #ident: #st)
     });
 
-    let accessors = fields.iter().map(|f| accessors(&p, &type_name, f));
+    let accessors = fields
+        .iter()
+        .filter(|f| !f.clashes)
+        .map(|f| accessors(&p, &type_name, f));
 
     // `new(…)`: every field, in declaration order.
     let params = fields.iter().map(|f| {

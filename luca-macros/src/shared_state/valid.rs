@@ -85,6 +85,59 @@ pub(crate) fn check(input: &mut Input, args: &mut Args, errors: &mut Errors) {
         args.global = None;
     }
     derives(input, errors);
+    clashes(input, args, errors);
+}
+
+/// The methods generated for one field.
+fn accessor_names(name: &str, kind: Kind) -> [String; 4] {
+    match kind {
+        Kind::Plain | Kind::ReadMostly => [
+            name.to_owned(),
+            format!("with_{name}"),
+            format!("update_{name}"),
+            format!("set_{name}"),
+        ],
+        Kind::Counter => [
+            name.to_owned(),
+            format!("add_{name}"),
+            format!("incr_{name}"),
+            format!("set_{name}"),
+        ],
+    }
+}
+
+/// Rejects fields whose accessors would have the name of another generated method (e.g.
+/// a field `update`, or fields `x` and `with_x`): rustc would only say "duplicate
+/// definitions".
+fn clashes(input: &mut Input, args: &Args, errors: &mut Errors) {
+    let mut taken: Vec<(String, String)> = vec![
+        ("new".into(), "the constructor".into()),
+        ("poison_count".into(), "the struct".into()),
+    ];
+    if input.fields.iter().any(|f| f.kind == Kind::Plain) {
+        taken.push(("update".into(), "the multi-field update".into()));
+    }
+    if args.global.is_some() {
+        taken.push(("global".into(), "`#[shared_state(global)]`".into()));
+    }
+    for f in &mut input.fields {
+        let name = syn::ext::IdentExt::unraw(&f.ident).to_string();
+        let names = accessor_names(&name, f.kind);
+        if let Some((method, owner)) = names
+            .iter()
+            .find_map(|n| taken.iter().find(|(t, _)| t == n))
+        {
+            errors.push(syn::Error::new_spanned(
+                &f.ident,
+                format!(
+                    "field `{name}` clashes with the method `{method}` generated for {owner}; rename the field"
+                ),
+            ));
+            f.clashes = true;
+            continue;
+        }
+        taken.extend(names.into_iter().map(|n| (n, format!("field `{name}`"))));
+    }
 }
 
 /// Why `ty` is not accepted as a counter type: it must be written as one of the integer
