@@ -55,9 +55,12 @@ pub use luca_macros::db_retry;
 ///   `add_requests(n)` and `incr_requests()` (both return the new value, wrapping on
 ///   overflow), `set_requests(n)` (returns the old value).
 /// - `#[shared(read_mostly)]`: an `arc_swap::ArcSwap`. `config() -> Arc<T>` and
-///   `with_config(|&T| …)` never lock; `set_config(T)` swaps in a new value;
-///   `update_config(|&T| -> T)` is a read-copy-update whose closure **may run more than
-///   once** when writers race.
+///   `with_config(|&T| …)` never lock; `set_config(T)` swaps in a new value (returning
+///   the old one); `update_config(|&T| -> T)` is a read-copy-update whose closure **may
+///   run more than once** when writers race. `with_config` is the fast read: while the
+///   value is unchanged it does no atomic read-modify-write at all, because each thread
+///   keeps the last value it read (until it reads the field again or exits), whereas
+///   `config()` clones an `Arc`, an atomic increment on a count every reader shares.
 ///
 /// Also generated: `new(…)` taking every field in declaration order; `update(|fields| …)`
 /// running a closure over a `<Name>Fields<'_>` view with every lock-guarded field locked
