@@ -92,7 +92,7 @@ async fn builder_settings_reach_the_connections() {
     let tmp = TempDb::new();
     let db = Db::builder(tmp.path())
         .synchronous(luca_core::pragmas::Synchronous::Full)
-        .wal_autocheckpoint(123)
+        .wal_autocheckpoint(0)
         .build()
         .await
         .unwrap();
@@ -105,13 +105,67 @@ async fn builder_settings_reach_the_connections() {
         })
         .await
         .unwrap();
-    assert_eq!((sync, ckpt), (2, 123));
+    assert_eq!((sync, ckpt), (2, 0));
     let reader_sync: i64 = db
         .read(|c| Ok(c.query_row("PRAGMA synchronous", [], |r| r.get(0))?))
         .await
         .unwrap();
     assert_eq!(reader_sync, 2);
     db.close().await.unwrap();
+}
+
+/// Writes 200 transactions of about 2 pages each.
+async fn fill_wal(db: &Db) {
+    db.write(|c| Ok(c.execute_batch("CREATE TABLE IF NOT EXISTS blobs (b BLOB)")?))
+        .await
+        .unwrap();
+    for _ in 0..200 {
+        db.write(|c| Ok(c.execute("INSERT INTO blobs VALUES (zeroblob(6000))", [])?))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn checkpoints_run_in_the_background_past_the_threshold() {
+    let tmp = TempDb::new();
+    let db = Db::builder(tmp.path())
+        .wal_autocheckpoint(50)
+        .build()
+        .await
+        .unwrap();
+    fill_wal(&db).await;
+    let mut checkpoints = 0;
+    for _ in 0..500 {
+        checkpoints = db.stats().checkpoints;
+        if checkpoints > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(checkpoints > 0, "{}", db.stats());
+    db.close().await.unwrap();
+
+    let tmp = TempDb::new();
+    let off = Db::builder(tmp.path())
+        .wal_autocheckpoint(0)
+        .build()
+        .await
+        .unwrap();
+    fill_wal(&off).await;
+    assert_eq!(
+        off.stats().checkpoints,
+        0,
+        "0 turns automatic checkpoints off"
+    );
+    let wal_len = std::fs::metadata(format!("{}-wal", tmp.path().display()))
+        .unwrap()
+        .len();
+    assert!(
+        wal_len > 200 * 4096,
+        "the WAL kept every frame: {wal_len} bytes"
+    );
+    off.close().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

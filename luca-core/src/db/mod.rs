@@ -108,7 +108,7 @@ pub struct DbBuilder {
     max_readers: usize,
     busy_timeout: Duration,
     synchronous: Synchronous,
-    wal_autocheckpoint: Option<u32>,
+    wal_autocheckpoint: u32,
     group_commit: bool,
     max_batch: usize,
     max_wait: Duration,
@@ -124,7 +124,7 @@ impl DbBuilder {
             max_readers: (2 * cpus).max(4),
             busy_timeout: Pragmas::DEFAULT_BUSY_TIMEOUT,
             synchronous: Synchronous::Normal,
-            wal_autocheckpoint: None,
+            wal_autocheckpoint: 1000,
             group_commit: true,
             max_batch: 256,
             max_wait: Duration::ZERO,
@@ -151,10 +151,13 @@ impl DbBuilder {
         self
     }
 
-    /// `PRAGMA wal_autocheckpoint` in pages (SQLite's default is 1000; `0` turns automatic
-    /// checkpoints off, leaving them to you).
+    /// Checkpoint the WAL once it holds this many pages (default 1000, SQLite's own
+    /// default). Checkpoints run on a background connection (`PASSIVE`), never on the
+    /// commit path: SQLite's auto-checkpoint would make the commit that crosses the
+    /// threshold, and every caller in its group, wait for it. `0` turns automatic
+    /// checkpoints off, leaving them to you.
     pub fn wal_autocheckpoint(mut self, pages: u32) -> Self {
-        self.wal_autocheckpoint = Some(pages);
+        self.wal_autocheckpoint = pages;
         self
     }
 
@@ -267,10 +270,11 @@ impl DbBuilder {
             max_wait: self.max_wait,
             retry: self.retry,
         };
+        let checkpointer = self.start_checkpointer(&stats)?;
         let thread_stats = Arc::clone(&stats);
         let thread = std::thread::Builder::new()
             .name("luca-db-writer".into())
-            .spawn(move || writer::run(writer, rx, cfg, thread_stats))
+            .spawn(move || writer::run(writer, rx, cfg, thread_stats, checkpointer))
             .map_err(|e| Error::Pool {
                 path: self.path.clone(),
                 reason: format!("cannot start the writer thread: {e}"),
@@ -286,6 +290,29 @@ impl DbBuilder {
                 own_runtime,
             }),
         })
+    }
+}
+
+impl DbBuilder {
+    fn start_checkpointer(&self, stats: &Arc<StatsInner>) -> Result<Option<writer::Checkpointer>> {
+        if self.wal_autocheckpoint == 0 {
+            return Ok(None);
+        }
+        let conn = pragmas::open(&self.path, &self.pragmas())?;
+        let (wake, rx) = mpsc::sync_channel(1);
+        let stats = Arc::clone(stats);
+        let thread = std::thread::Builder::new()
+            .name("luca-db-checkpoint".into())
+            .spawn(move || writer::checkpoint_loop(conn, rx, stats))
+            .map_err(|e| Error::Pool {
+                path: self.path.clone(),
+                reason: format!("cannot start the checkpoint thread: {e}"),
+            })?;
+        Ok(Some(writer::Checkpointer {
+            threshold: self.wal_autocheckpoint,
+            wake,
+            thread,
+        }))
     }
 }
 
@@ -309,8 +336,9 @@ fn open_writer(b: &DbBuilder) -> Result<Connection> {
         r.get::<_, i64>(0)
     })
     .map_err(open_err)?;
-    if let Some(pages) = b.wal_autocheckpoint {
-        conn.pragma_update(None, "wal_autocheckpoint", pages)
+    if b.wal_autocheckpoint == 0 {
+        // No automatic checkpoints at all (the background checkpointer is not started).
+        conn.pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(open_err)?;
     }
     conn.set_prepared_statement_cache_capacity(64);

@@ -118,6 +118,7 @@ pub(crate) struct StatsInner {
     pub(crate) dirty_rollbacks: AtomicU64,
     pub(crate) panics: AtomicU64,
     pub(crate) commit_fallbacks: AtomicU64,
+    pub(crate) checkpoints: AtomicU64,
     pub(crate) lock_wait: Histogram,
     pub(crate) write_latency: Histogram,
     pub(crate) group_sizes: Histogram,
@@ -139,6 +140,7 @@ impl StatsInner {
             dirty_rollbacks: z(),
             panics: z(),
             commit_fallbacks: z(),
+            checkpoints: z(),
             lock_wait: Histogram::new(),
             write_latency: Histogram::new(),
             group_sizes: Histogram::new(),
@@ -172,6 +174,7 @@ impl StatsInner {
             dirty_rollbacks: self.dirty_rollbacks.load(Relaxed),
             panics: self.panics.load(Relaxed),
             commit_fallbacks: self.commit_fallbacks.load(Relaxed),
+            checkpoints: self.checkpoints.load(Relaxed),
             lock_wait_ns: self.lock_wait.snapshot(),
             write_latency_ns: self.write_latency.snapshot(),
             group_sizes: self.group_sizes.snapshot(),
@@ -208,6 +211,8 @@ pub struct DbStats {
     pub panics: u64,
     /// Group commits whose `COMMIT` failed and whose writes were re-run one by one.
     pub commit_fallbacks: u64,
+    /// Background WAL checkpoints run (off the commit path).
+    pub checkpoints: u64,
     /// Time from a write's call to the start of its transaction (queue plus file lock),
     /// in nanoseconds.
     pub lock_wait_ns: Percentiles,
@@ -232,7 +237,7 @@ impl fmt::Display for DbStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "commits {} | writes ok {} failed {} | rows {} | reads {} | busy {} retries {} | queue {} (max {}) | dirty rollbacks {} | panics {} | commit fallbacks {}",
+            "commits {} | writes ok {} failed {} | rows {} | reads {} | busy {} retries {} | queue {} (max {}) | dirty rollbacks {} | panics {} | commit fallbacks {} | checkpoints {}",
             self.commits,
             self.writes_ok,
             self.writes_failed,
@@ -244,7 +249,8 @@ impl fmt::Display for DbStats {
             self.max_queue_depth,
             self.dirty_rollbacks,
             self.panics,
-            self.commit_fallbacks
+            self.commit_fallbacks,
+            self.checkpoints
         )?;
         writeln!(
             f,

@@ -67,6 +67,42 @@ where
     }
 }
 
+thread_local! {
+    /// Frames in the WAL after the writer thread's last commit (set by the WAL hook,
+    /// which SQLite calls on the committing thread).
+    static WAL_PAGES: std::cell::Cell<i32> = const { std::cell::Cell::new(0) };
+}
+
+/// SQLite's WAL hook on the write connection: records the WAL's size. Installing it also
+/// turns off SQLite's own auto-checkpoint, which would run on the commit path.
+pub(crate) fn record_wal_pages(
+    _: &rusqlite::hooks::Wal,
+    pages: std::ffi::c_int,
+) -> rusqlite::Result<()> {
+    WAL_PAGES.with(|p| p.set(pages));
+    Ok(())
+}
+
+/// Checkpoints off the commit path: a thread with its own connection runs a PASSIVE
+/// checkpoint whenever the writer reports the WAL past the threshold.
+pub(crate) struct Checkpointer {
+    pub(crate) threshold: u32,
+    pub(crate) wake: std::sync::mpsc::SyncSender<()>,
+    pub(crate) thread: std::thread::JoinHandle<()>,
+}
+
+/// The checkpointer thread's loop; returns when the writer drops its end.
+pub(crate) fn checkpoint_loop(conn: Connection, wake: Receiver<()>, stats: Arc<StatsInner>) {
+    while wake.recv().is_ok() {
+        if conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+            .is_ok()
+        {
+            stats.checkpoints.fetch_add(1, Relaxed);
+        }
+    }
+}
+
 pub(crate) enum Msg {
     Write(Box<dyn Job>),
     Close(oneshot::Sender<()>),
@@ -82,8 +118,22 @@ pub(crate) struct WriterConfig {
 }
 
 /// The writer thread's loop. Returns when the handle closes or every sender is gone.
-pub(crate) fn run(conn: Connection, rx: Receiver<Msg>, cfg: WriterConfig, stats: Arc<StatsInner>) {
-    let w = Writer { conn, cfg, stats };
+pub(crate) fn run(
+    conn: Connection,
+    rx: Receiver<Msg>,
+    cfg: WriterConfig,
+    stats: Arc<StatsInner>,
+    checkpointer: Option<Checkpointer>,
+) {
+    if checkpointer.is_some() {
+        conn.wal_hook(Some(record_wal_pages));
+    }
+    let w = Writer {
+        conn,
+        cfg,
+        stats,
+        checkpointer,
+    };
     let mut closing: Option<oneshot::Sender<()>> = None;
     while closing.is_none() {
         let first = match rx.recv() {
@@ -95,7 +145,7 @@ pub(crate) fn run(conn: Connection, rx: Receiver<Msg>, cfg: WriterConfig, stats:
             Err(_) => break,
         };
         let mut batch = vec![first];
-        if w.cfg.group_commit {
+        {
             let until = Instant::now() + w.cfg.max_wait;
             while batch.len() < w.cfg.max_batch {
                 let next = match rx.try_recv() {
@@ -118,9 +168,16 @@ pub(crate) fn run(conn: Connection, rx: Receiver<Msg>, cfg: WriterConfig, stats:
         w.stats.dequeued(batch.len());
         w.execute(batch);
     }
+    let Writer {
+        conn, checkpointer, ..
+    } = w;
+    if let Some(c) = checkpointer {
+        drop(c.wake);
+        let _ = c.thread.join();
+    }
     // Checkpoint so the WAL does not outlive the handle; a failure here loses nothing.
-    let _ = w.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
-    drop(w);
+    let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+    drop(conn);
     if let Some(ack) = closing {
         let _ = ack.send(());
     }
@@ -130,6 +187,7 @@ struct Writer {
     conn: Connection,
     cfg: WriterConfig,
     stats: Arc<StatsInner>,
+    checkpointer: Option<Checkpointer>,
 }
 
 /// How a transaction attempt ended.
@@ -144,12 +202,21 @@ enum Tx {
 }
 
 impl Writer {
-    fn execute(&self, mut batch: Vec<Box<dyn Job>>) {
-        if batch.len() == 1 {
-            let job = batch.pop().expect("one job");
-            self.single(job);
-        } else {
+    /// Commits a drained run of queued writes: as one group, or (group commit off, or a
+    /// lone write) each in its own transaction. Replies go out after the whole run, back
+    /// to back, so waking the callers' tasks stays off the path between two commits.
+    fn execute(&self, batch: Vec<Box<dyn Job>>) {
+        if self.cfg.group_commit && batch.len() > 1 {
             self.group(batch);
+        } else {
+            self.one_by_one(batch);
+        }
+    }
+
+    fn one_by_one(&self, batch: Vec<Box<dyn Job>>) {
+        let done: Vec<_> = batch.into_iter().map(|job| self.single(job)).collect();
+        for (job, outcome) in done {
+            self.finish(job, outcome);
         }
     }
 
@@ -179,8 +246,9 @@ impl Writer {
         .started_at(Some(Instant::now()))
     }
 
-    /// Runs one write in its own transaction, retrying the transaction on busy errors.
-    fn single(&self, mut job: Box<dyn Job>) {
+    /// Runs one write in its own transaction, retrying the transaction on busy errors;
+    /// returns the job with its outcome, to be answered by the caller.
+    fn single(&self, mut job: Box<dyn Job>) -> (Box<dyn Job>, Result<()>) {
         let mut schedule = self.schedule();
         loop {
             let before = self.conn.total_changes();
@@ -193,18 +261,11 @@ impl Writer {
             match tx {
                 Tx::Committed => {
                     self.committed(1, before);
-                    self.finish(job, outcome);
-                    return;
+                    return (job, outcome);
                 }
-                Tx::RolledBack => {
-                    self.finish(job, outcome);
-                    return;
-                }
+                Tx::RolledBack => return (job, outcome),
                 Tx::Busy(e) if self.backoff(&mut schedule, &e) => continue,
-                Tx::Busy(e) | Tx::CommitFailed(e) => {
-                    self.finish(job, Err(e));
-                    return;
-                }
+                Tx::Busy(e) | Tx::CommitFailed(e) => return (job, Err(e)),
             }
         }
     }
@@ -255,9 +316,7 @@ impl Writer {
                     // One write broke the shared COMMIT (a deferred constraint, say). No
                     // caller has been answered; run each alone so only the culprit fails.
                     self.stats.commit_fallbacks.fetch_add(1, Relaxed);
-                    for job in batch {
-                        self.single(job);
-                    }
+                    self.one_by_one(batch);
                     return;
                 }
             }
@@ -305,6 +364,13 @@ impl Writer {
         self.stats.group_sizes.record_n(writes as u64);
         let changed = self.conn.total_changes().saturating_sub(changes_before);
         self.stats.rows_changed.fetch_add(changed, Relaxed);
+        if let Some(c) = &self.checkpointer
+            && WAL_PAGES.with(std::cell::Cell::get)
+                >= i32::try_from(c.threshold).unwrap_or(i32::MAX)
+        {
+            // At most one request pending; a full channel means one is on its way.
+            let _ = c.wake.try_send(());
+        }
     }
 
     fn finish(&self, job: Box<dyn Job>, outcome: Result<()>) {
