@@ -119,6 +119,7 @@ pub(crate) struct StatsInner {
     pub(crate) panics: AtomicU64,
     pub(crate) commit_fallbacks: AtomicU64,
     pub(crate) checkpoints: AtomicU64,
+    pub(crate) inline_checkpoints: AtomicU64,
     pub(crate) lock_wait: Histogram,
     pub(crate) write_latency: Histogram,
     pub(crate) group_sizes: Histogram,
@@ -141,6 +142,7 @@ impl StatsInner {
             panics: z(),
             commit_fallbacks: z(),
             checkpoints: z(),
+            inline_checkpoints: z(),
             lock_wait: Histogram::new(),
             write_latency: Histogram::new(),
             group_sizes: Histogram::new(),
@@ -175,6 +177,7 @@ impl StatsInner {
             panics: self.panics.load(Relaxed),
             commit_fallbacks: self.commit_fallbacks.load(Relaxed),
             checkpoints: self.checkpoints.load(Relaxed),
+            inline_checkpoints: self.inline_checkpoints.load(Relaxed),
             lock_wait_ns: self.lock_wait.snapshot(),
             write_latency_ns: self.write_latency.snapshot(),
             group_sizes: self.group_sizes.snapshot(),
@@ -213,6 +216,9 @@ pub struct DbStats {
     pub commit_fallbacks: u64,
     /// Background WAL checkpoints run (off the commit path).
     pub checkpoints: u64,
+    /// Checkpoints the writer ran itself, between two runs of writes, because sustained
+    /// writing kept the WAL past four times the threshold.
+    pub inline_checkpoints: u64,
     /// Time from a write's call to the start of its transaction (queue plus file lock),
     /// in nanoseconds.
     pub lock_wait_ns: Percentiles,
@@ -237,7 +243,7 @@ impl fmt::Display for DbStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "commits {} | writes ok {} failed {} | rows {} | reads {} | busy {} retries {} | queue {} (max {}) | dirty rollbacks {} | panics {} | commit fallbacks {} | checkpoints {}",
+            "commits {} | writes ok {} failed {} | rows {} | reads {} | busy {} retries {} | queue {} (max {}) | dirty rollbacks {} | panics {} | commit fallbacks {} | checkpoints {} (+{} inline)",
             self.commits,
             self.writes_ok,
             self.writes_failed,
@@ -250,7 +256,8 @@ impl fmt::Display for DbStats {
             self.dirty_rollbacks,
             self.panics,
             self.commit_fallbacks,
-            self.checkpoints
+            self.checkpoints,
+            self.inline_checkpoints
         )?;
         writeln!(
             f,

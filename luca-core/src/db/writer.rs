@@ -167,6 +167,7 @@ pub(crate) fn run(
         }
         w.stats.dequeued(batch.len());
         w.execute(batch);
+        w.after_run();
     }
     let Writer {
         conn, checkpointer, ..
@@ -364,10 +365,30 @@ impl Writer {
         self.stats.group_sizes.record_n(writes as u64);
         let changed = self.conn.total_changes().saturating_sub(changes_before);
         self.stats.rows_changed.fetch_add(changed, Relaxed);
-        if let Some(c) = &self.checkpointer
-            && WAL_PAGES.with(std::cell::Cell::get)
-                >= i32::try_from(c.threshold).unwrap_or(i32::MAX)
-        {
+    }
+
+    /// After a run of writes was answered: past the threshold, wake the background
+    /// checkpointer. Its PASSIVE checkpoints cannot let the WAL start over while writes
+    /// keep arriving (new frames land behind them), so past four times the threshold the
+    /// writer finishes the job itself, between two runs: most frames are already copied,
+    /// and once every frame is, the next write starts the WAL from the beginning. The WAL
+    /// stays bounded under sustained load.
+    fn after_run(&self) {
+        let Some(c) = &self.checkpointer else {
+            return;
+        };
+        let pages = i64::from(WAL_PAGES.with(std::cell::Cell::get));
+        let threshold = i64::from(c.threshold);
+        if pages >= 4 * threshold {
+            if self
+                .conn
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                .is_ok()
+            {
+                self.stats.inline_checkpoints.fetch_add(1, Relaxed);
+            }
+            WAL_PAGES.with(|p| p.set(0));
+        } else if pages >= threshold {
             // At most one request pending; a full channel means one is on its way.
             let _ = c.wake.try_send(());
         }
