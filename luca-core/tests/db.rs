@@ -177,7 +177,10 @@ async fn checkpoints_run_in_the_background_past_the_threshold() {
     let stats = db.stats();
     // 2400 writes of 2 pages each would leave 4800 frames (about 20 MB) in a WAL that
     // never starts over; bounded, it stays a small multiple of the 50-page threshold.
-    assert!(wal_len < 1200 * 4200, "WAL grew to {wal_len} bytes\n{stats}");
+    assert!(
+        wal_len < 1200 * 4200,
+        "WAL grew to {wal_len} bytes\n{stats}"
+    );
     assert!(stats.checkpoints + stats.inline_checkpoints > 0, "{stats}");
     db.close().await.unwrap();
 

@@ -4,6 +4,7 @@
 //! Each macro is split the same way: `attr` parses the arguments, `ast` gives a typed view
 //! of the item, `valid` checks the rules, `expand` writes the code.
 
+mod common;
 mod db_retry;
 mod shared_state;
 

@@ -133,7 +133,7 @@ pub(crate) fn parse(tokens: TokenStream) -> (Args, Option<syn::Error>) {
             }),
             "jitter" => jitter(value).map(|j| args.jitter = j),
             "on_retry" => hook(value).map(|p| args.on_retry = Some(p)),
-            "crate" => crate_path(value).map(|p| args.krate = p),
+            "crate" => crate::common::crate_path(value).map(|p| args.krate = p),
             _ => unreachable!("every key in KEYS is handled"),
         };
         if let Err(e) = result {
@@ -269,22 +269,4 @@ fn hook(value: &Expr) -> syn::Result<syn::Path> {
             "`on_retry` expects the path of a function `fn(&luca_core::retry::RetryEvent)`, e.g. `on_retry = log_retry`",
         )),
     }
-}
-
-fn crate_path(value: &Expr) -> syn::Result<syn::Path> {
-    let Some(s) = string(value) else {
-        return Err(syn::Error::new_spanned(
-            value,
-            "`crate` expects a string literal naming a path, e.g. `crate = \"::my_app::luca_core\"`",
-        ));
-    };
-    s.parse_with(syn::Path::parse_mod_style).map_err(|_| {
-        syn::Error::new_spanned(
-            s,
-            format!(
-                "`crate = \"{}\"` is not a path; write it like `crate = \"::my_app::luca_core\"`",
-                s.value()
-            ),
-        )
-    })
 }

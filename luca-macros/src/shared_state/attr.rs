@@ -3,7 +3,7 @@
 use proc_macro2::{Span, TokenStream};
 use syn::parse::Parser;
 use syn::punctuated::Punctuated;
-use syn::{Expr, ExprLit, Lit, Meta, Token};
+use syn::{Meta, Token};
 
 /// Every argument `#[shared_state(…)]` accepts.
 const STRUCT_KEYS: &[&str] = &["global", "crate"];
@@ -96,7 +96,7 @@ pub(crate) fn parse_args(tokens: TokenStream, errors: &mut Errors) -> Args {
                 other,
                 "`global` takes no value; write `#[shared_state(global)]`",
             )),
-            ("crate", Meta::NameValue(nv)) => match crate_path(&nv.value) {
+            ("crate", Meta::NameValue(nv)) => match crate::common::crate_path(&nv.value) {
                 Ok(p) => args.krate = p,
                 Err(e) => errors.push(e),
             },
@@ -128,27 +128,6 @@ fn duplicate(
     }
     seen.push((key.to_owned(), span));
     false
-}
-
-fn crate_path(value: &Expr) -> syn::Result<syn::Path> {
-    let Expr::Lit(ExprLit {
-        lit: Lit::Str(s), ..
-    }) = value
-    else {
-        return Err(syn::Error::new_spanned(
-            value,
-            "`crate` expects a string literal naming a path, e.g. `crate = \"::my_app::luca_core\"`",
-        ));
-    };
-    s.parse_with(syn::Path::parse_mod_style).map_err(|_| {
-        syn::Error::new_spanned(
-            s,
-            format!(
-                "`crate = \"{}\"` is not a path; write it like `crate = \"::my_app::luca_core\"`",
-                s.value()
-            ),
-        )
-    })
 }
 
 /// Whether an attribute is one of ours (`#[shared(…)]`).
