@@ -382,6 +382,31 @@ async fn a_failing_commit_tells_nobody_success_wrongly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_wait_lets_a_lone_write_wait_for_company() {
+    let tmp = TempDb::new();
+    let db = Db::builder(tmp.path())
+        .max_wait(Duration::from_millis(500))
+        .build()
+        .await
+        .unwrap();
+    let first = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            db.write(|c| Ok(c.execute_batch("CREATE TABLE a (x)")?))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    db.write(|c| Ok(c.execute_batch("CREATE TABLE b (x)")?))
+        .await
+        .unwrap();
+    first.await.unwrap().unwrap();
+    let stats = db.stats();
+    assert_eq!((stats.commits, stats.group_sizes.max), (1, 2), "{stats}");
+    db.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_write_does_not_poison_the_others() {
     let tmp = TempDb::new();
     let db = with_table(&tmp).await;

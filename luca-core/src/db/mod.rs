@@ -173,8 +173,9 @@ impl DbBuilder {
         self
     }
 
-    /// How long a lone write waits for company before committing (default 0: never
-    /// waits; a batch forms only from writes already queued).
+    /// With group commit, how long a lone write waits for company before committing
+    /// (default 0: never waits; a batch forms only from writes already queued). Ignored
+    /// when group commit is off.
     pub fn max_wait(mut self, d: Duration) -> Self {
         self.max_wait = d;
         self

@@ -150,9 +150,10 @@ pub(crate) fn run(
             while batch.len() < w.cfg.max_batch {
                 let next = match rx.try_recv() {
                     Ok(m) => Some(m),
-                    Err(TryRecvError::Empty) if !w.cfg.max_wait.is_zero() => rx
-                        .recv_timeout(until.saturating_duration_since(Instant::now()))
-                        .ok(),
+                    Err(TryRecvError::Empty) if w.cfg.group_commit && !w.cfg.max_wait.is_zero() => {
+                        rx.recv_timeout(until.saturating_duration_since(Instant::now()))
+                            .ok()
+                    }
                     Err(_) => None,
                 };
                 match next {
