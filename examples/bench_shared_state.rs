@@ -46,6 +46,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use luca_core::shared_state;
+use luca_examples::stats::{median, paired_ratio};
 
 /// Length of one measurement window.
 const WINDOW: Duration = Duration::from_millis(150);
@@ -195,13 +196,7 @@ struct Row {
 impl Row {
     /// Median over rounds of the round's `shared / baseline`.
     fn ratio(&self) -> f64 {
-        let ratios: Vec<f64> = self
-            .baseline
-            .iter()
-            .zip(&self.shared)
-            .map(|(b, s)| s / b)
-            .collect();
-        median(&ratios)
+        paired_ratio(&self.baseline, &self.shared)
     }
 
     fn verdict(&self) -> &'static str {
@@ -210,16 +205,6 @@ impl Row {
             Some(_) => "MISS",
             None => "info",
         }
-    }
-}
-
-fn median(xs: &[f64]) -> f64 {
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
 }
 
