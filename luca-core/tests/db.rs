@@ -55,6 +55,17 @@ fn hold_writer(db: &Db) -> (std::sync::mpsc::Sender<()>, tokio::task::JoinHandle
     (release, task)
 }
 
+/// Waits (bounded) until `n` writes are queued behind a held writer, then checks it.
+async fn wait_for_queue(db: &Db, n: usize) {
+    for _ in 0..200 {
+        if db.stats().queue_depth == n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(db.stats().queue_depth, n, "writes did not reach the queue");
+}
+
 #[tokio::test]
 async fn pragmas_read_back_on_writer_and_readers() {
     let tmp = TempDb::new();
@@ -276,14 +287,7 @@ async fn a_failing_write_in_a_group_rolls_back_alone() {
             })
         })
         .collect();
-    // Let every write reach the queue before the writer is released.
-    for _ in 0..200 {
-        if db.stats().queue_depth == 10 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert_eq!(db.stats().queue_depth, 10);
+    wait_for_queue(&db, 10).await;
     release.send(()).unwrap();
     holder.await.unwrap();
     let mut failed = Vec::new();
@@ -349,12 +353,7 @@ async fn a_failing_commit_tells_nobody_success_wrongly() {
             })
         })
         .collect();
-    for _ in 0..200 {
-        if db.stats().queue_depth == 8 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_for_queue(&db, 8).await;
     release.send(()).unwrap();
     holder.await.unwrap();
     let mut acked = Vec::new();
@@ -428,12 +427,7 @@ async fn a_panicking_write_does_not_poison_the_others() {
             .await
         })
     };
-    for _ in 0..200 {
-        if db.stats().queue_depth == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_for_queue(&db, 2).await;
     release.send(()).unwrap();
     holder.await.unwrap();
     assert_eq!(good.await.unwrap().unwrap(), 1);

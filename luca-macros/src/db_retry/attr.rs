@@ -1,5 +1,6 @@
 //! Parses `#[db_retry(key = value, …)]`.
 
+use crate::common::Errors;
 use proc_macro2::{Span, TokenStream};
 use syn::parse::Parser;
 use syn::punctuated::Punctuated;
@@ -45,19 +46,6 @@ impl Default for Args {
     }
 }
 
-/// Collects every error instead of stopping at the first.
-#[derive(Default)]
-struct Errors(Option<syn::Error>);
-
-impl Errors {
-    fn push(&mut self, e: syn::Error) {
-        match &mut self.0 {
-            Some(all) => all.combine(e),
-            None => self.0 = Some(e),
-        }
-    }
-}
-
 /// Parses the attribute's arguments. Always returns usable arguments (defaults for the
 /// bad ones) so the function still expands, plus every error found.
 pub(crate) fn parse(tokens: TokenStream) -> (Args, Option<syn::Error>) {
@@ -72,7 +60,7 @@ pub(crate) fn parse(tokens: TokenStream) -> (Args, Option<syn::Error>) {
                     "expected `key = value` arguments, e.g. `#[db_retry(max_retries = 5, delay_ms = 100)]`: {e}"
                 ),
             ));
-            return (args, errors.0);
+            return (args, errors.into_error());
         }
     };
     let mut seen: Vec<(String, Span)> = Vec::new();
@@ -152,7 +140,7 @@ pub(crate) fn parse(tokens: TokenStream) -> (Args, Option<syn::Error>) {
         ));
         args.max_delay_ms = None;
     }
-    (args, errors.0)
+    (args, errors.into_error())
 }
 
 fn expected_keys() -> String {

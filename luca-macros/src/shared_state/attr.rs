@@ -5,6 +5,8 @@ use syn::parse::Parser;
 use syn::punctuated::Punctuated;
 use syn::{Meta, Token};
 
+pub(crate) use crate::common::Errors;
+
 /// Every argument `#[shared_state(…)]` accepts.
 const STRUCT_KEYS: &[&str] = &["global", "crate"];
 /// Every option `#[shared(…)]` accepts.
@@ -26,23 +28,6 @@ pub(crate) enum Kind {
     Counter,
     /// `#[shared(read_mostly)]`: an `ArcSwap`.
     ReadMostly,
-}
-
-/// Collects every error instead of stopping at the first.
-#[derive(Default)]
-pub(crate) struct Errors(Option<syn::Error>);
-
-impl Errors {
-    pub(crate) fn push(&mut self, e: syn::Error) {
-        match &mut self.0 {
-            Some(all) => all.combine(e),
-            None => self.0 = Some(e),
-        }
-    }
-
-    pub(crate) fn into_compile_errors(self) -> TokenStream {
-        self.0.map(|e| e.to_compile_error()).unwrap_or_default()
-    }
 }
 
 fn list(keys: &[&str]) -> String {
