@@ -491,7 +491,11 @@ struct MemoryProbe {
 async fn memory_probe(queued: usize) -> Result<MemoryProbe, BoxError> {
     let hwm_start_kib = proc_status_kib("VmHWM").unwrap_or(0);
     let tmp = fresh_file()?;
-    let db = Db::open(tmp.path()).await?;
+    // Room for every probe write (plus the gate) in the bounded queue.
+    let db = Db::builder(tmp.path())
+        .max_queue(queued + 1)
+        .build()
+        .await?;
     let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
     let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
     let gate_db = db.clone();

@@ -77,10 +77,52 @@ pub enum Error {
         reason: String,
     },
 
-    /// A write closure ended the transaction it runs in (it ran `COMMIT`, `ROLLBACK` or
-    /// `BEGIN` itself). `Db::write` owns the transaction; run plain statements only.
-    #[error("a write closure ended the transaction it runs in; `Db::write` owns BEGIN/COMMIT")]
+    /// SQLite rolled back the transaction a write closure ran in (a trigger's
+    /// `RAISE(ROLLBACK, …)`, `INSERT OR ROLLBACK`, a full disk, an I/O error), and the
+    /// closure returned `Ok` anyway, having swallowed SQLite's error. Nothing of the
+    /// closure was committed; when the closure returns SQLite's error itself, that error is
+    /// what its caller gets.
+    #[error(
+        "SQLite rolled back the transaction while the write closure ran, and the closure \
+         returned `Ok`; nothing of it was committed (return SQLite's error to see why)"
+    )]
     TransactionEnded,
+
+    /// A write closure ran a statement that [`Db::write`](crate::Db::write) refuses:
+    /// transaction control (`BEGIN`, `COMMIT`, `END`, `ROLLBACK`, `SAVEPOINT`, `RELEASE`),
+    /// which belongs to the write path, or a `PRAGMA` that changes a setting `Db` manages
+    /// (`journal_mode`, `synchronous`, `locking_mode`, `query_only`, `foreign_keys`,
+    /// `busy_timeout`, `wal_autocheckpoint`). The statement never ran and nothing of the
+    /// closure was committed, whatever the closure returned.
+    #[error("a write closure may not run `{statement}`: {reason}")]
+    Refused {
+        /// The refused statement, as SQLite described it (for example `COMMIT` or
+        /// `PRAGMA synchronous = OFF`).
+        statement: String,
+        /// Why, and what to do instead.
+        reason: &'static str,
+    },
+
+    /// A blocking call on a [`Db`](crate::Db) was made from inside one of its own write
+    /// closures, on the writer thread: it would wait for itself forever. Do the work in
+    /// the closure, with the `&Connection` it was given.
+    #[error(
+        "`{call}` was called from inside a write closure of the same `Db`, which would wait \
+         for itself forever; use the closure's `&Connection` instead"
+    )]
+    Reentered {
+        /// The call that was refused, such as `Db::write_blocking`.
+        call: &'static str,
+    },
+
+    /// A setting that cannot work, refused before anything was opened.
+    #[error("invalid setting `{setting}`: {reason}")]
+    InvalidSetting {
+        /// The setting, as the builder names it.
+        setting: &'static str,
+        /// Why it was refused.
+        reason: String,
+    },
 
     /// A path that cannot name a database file.
     #[error("invalid database path `{}`: {reason}", path.display())]
@@ -106,7 +148,10 @@ impl Error {
             | Error::Closed { .. }
             | Error::Panicked { .. }
             | Error::Pool { .. }
-            | Error::TransactionEnded => None,
+            | Error::TransactionEnded
+            | Error::Refused { .. }
+            | Error::Reentered { .. }
+            | Error::InvalidSetting { .. } => None,
         }
     }
 

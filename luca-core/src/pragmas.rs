@@ -102,18 +102,36 @@ impl Pragmas {
     }
 }
 
+/// `busy_timeout` in the whole milliseconds SQLite takes, or `None` when it does not fit
+/// (SQLite's limit is `i32::MAX` ms).
+pub(crate) fn busy_timeout_ms(d: Duration) -> Option<i32> {
+    i32::try_from(d.as_millis()).ok()
+}
+
 /// Applies `pragmas` to `conn` in the documented order and checks that WAL took effect.
 ///
 /// # Errors
 /// [`Error::NotWal`] when SQLite keeps another journal mode; [`Error::Open`] when a
-/// PRAGMA fails (for example a file that is not a database).
+/// PRAGMA fails (for example a file that is not a database);
+/// [`Error::InvalidSetting`] for a `busy_timeout` longer than SQLite can wait.
 pub fn apply(conn: &Connection, pragmas: &Pragmas) -> Result<()> {
     let path = || PathBuf::from(conn.path().unwrap_or(":memory:"));
     let open_err = |source| Error::Open {
         path: path(),
         source,
     };
-    conn.busy_timeout(pragmas.busy_timeout).map_err(open_err)?;
+    let Some(ms) = busy_timeout_ms(pragmas.busy_timeout) else {
+        return Err(Error::InvalidSetting {
+            setting: "busy_timeout",
+            reason: format!(
+                "{:?} is longer than SQLite can wait ({} ms at most)",
+                pragmas.busy_timeout,
+                i32::MAX
+            ),
+        });
+    };
+    conn.pragma_update(None, "busy_timeout", ms)
+        .map_err(open_err)?;
     // A query-only connection cannot switch modes; it checks that the file is WAL.
     let sql = if pragmas.query_only {
         "PRAGMA journal_mode"
@@ -142,6 +160,22 @@ pub fn apply(conn: &Connection, pragmas: &Pragmas) -> Result<()> {
 /// cannot open or read the file, [`Error::NotWal`] as in [`apply`].
 pub fn open(path: &Path, pragmas: &Pragmas) -> Result<Connection> {
     let conn = open_unconfigured(path)?;
+    apply(&conn, pragmas)?;
+    Ok(conn)
+}
+
+/// Opens an existing `path` read-only and applies `pragmas` (which should say
+/// `query_only`): whatever runs on it, SQLite refuses every write.
+pub(crate) fn open_read_only(path: &Path, pragmas: &Pragmas) -> Result<Connection> {
+    use rusqlite::OpenFlags;
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|source| Error::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
     apply(&conn, pragmas)?;
     Ok(conn)
 }

@@ -540,7 +540,7 @@ async fn a_dropped_write_future_commits_all_or_nothing() {
 }
 
 #[tokio::test]
-async fn a_closure_that_ends_the_transaction_gets_an_error() {
+async fn a_closure_that_runs_commit_is_refused_and_commits_nothing() {
     let tmp = TempDb::new();
     let db = with_table(&tmp).await;
     let err = db
@@ -551,11 +551,20 @@ async fn a_closure_that_ends_the_transaction_gets_an_error() {
         })
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::TransactionEnded), "{err:?}");
-    // The write path recovers.
+    assert!(
+        matches!(&err, Error::Refused { statement, .. } if statement == "COMMIT"),
+        "{err:?}"
+    );
+    assert_eq!(
+        count(tmp.path()),
+        0,
+        "nothing of the refused closure committed"
+    );
+    // The write path goes on.
     db.write(|c| Ok(c.execute("INSERT INTO t (k, v) VALUES ('y', 1)", [])?))
         .await
         .unwrap();
+    assert_eq!(count(tmp.path()), 1);
     db.close().await.unwrap();
 }
 

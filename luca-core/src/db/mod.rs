@@ -50,7 +50,7 @@ use std::time::{Duration, Instant};
 use deadpool::managed::{self, Metrics, Pool, PoolError, RecycleError, RecycleResult};
 use deadpool_sync::SyncWrapper;
 use rusqlite::Connection;
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, oneshot};
 
 use self::stats::StatsInner;
 pub use self::stats::{DbStats, Percentiles};
@@ -71,6 +71,8 @@ struct Inner {
     path: PathBuf,
     readers: Pool<ReadManager>,
     writes: Sender<Msg>,
+    /// Places in the bounded write queue (queued or running writes).
+    room: Arc<Semaphore>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     stats: Arc<StatsInner>,
     runtime: tokio::runtime::Handle,
@@ -112,11 +114,18 @@ pub struct DbBuilder {
     group_commit: bool,
     max_batch: usize,
     max_wait: Duration,
+    max_queue: usize,
     pool_wait_timeout: Option<Duration>,
     retry: RetryPolicy,
 }
 
 impl DbBuilder {
+    /// The default bound of the write queue.
+    pub const DEFAULT_MAX_QUEUE: usize = 4096;
+
+    /// The longest [`max_wait`](Self::max_wait) accepted: 60 s.
+    pub const MAX_WAIT_LIMIT: Duration = Duration::from_secs(60);
+
     fn new(path: PathBuf) -> DbBuilder {
         let cpus = std::thread::available_parallelism().map_or(2, usize::from);
         DbBuilder {
@@ -128,6 +137,7 @@ impl DbBuilder {
             group_commit: true,
             max_batch: 256,
             max_wait: Duration::ZERO,
+            max_queue: DbBuilder::DEFAULT_MAX_QUEUE,
             pool_wait_timeout: Some(Duration::from_secs(30)),
             retry: RetryPolicy::new(),
         }
@@ -140,6 +150,8 @@ impl DbBuilder {
     }
 
     /// How long SQLite's busy handler waits for another process's lock (default 30 s).
+    /// SQLite takes whole milliseconds up to `i32::MAX` (about 24.8 days); a longer value
+    /// is refused by [`DbBuilder::build`] with [`Error::InvalidSetting`].
     pub fn busy_timeout(mut self, d: Duration) -> Self {
         self.busy_timeout = d;
         self
@@ -175,9 +187,22 @@ impl DbBuilder {
 
     /// With group commit, how long a lone write waits for company before committing
     /// (default 0: never waits; a batch forms only from writes already queued). Ignored
-    /// when group commit is off.
+    /// when group commit is off. A batch closes as soon as it holds `max_batch` writes.
+    /// At most [`MAX_WAIT_LIMIT`](Self::MAX_WAIT_LIMIT): a longer wait (such as
+    /// `Duration::MAX`) would leave a lone write hanging, and is refused by
+    /// [`DbBuilder::build`] with [`Error::InvalidSetting`].
     pub fn max_wait(mut self, d: Duration) -> Self {
         self.max_wait = d;
+        self
+    }
+
+    /// Most writes queued or running at once (default
+    /// [`DEFAULT_MAX_QUEUE`](Self::DEFAULT_MAX_QUEUE); at least 1). A write that finds the
+    /// queue full waits for room: [`Db::write`] asynchronously, in FIFO order,
+    /// [`Db::write_blocking`] by blocking its thread. Memory stays bounded however many
+    /// callers flood the write path.
+    pub fn max_queue(mut self, n: usize) -> Self {
+        self.max_queue = n.clamp(1, Semaphore::MAX_PERMITS);
         self
     }
 
@@ -195,6 +220,18 @@ impl DbBuilder {
         self
     }
 
+    fn writer_config(&self) -> WriterConfig {
+        WriterConfig {
+            path: self.path.clone(),
+            pragmas: self.pragmas(),
+            wal_autocheckpoint: self.wal_autocheckpoint,
+            group_commit: self.group_commit,
+            max_batch: self.max_batch,
+            max_wait: self.max_wait,
+            retry: self.retry,
+        }
+    }
+
     fn pragmas(&self) -> Pragmas {
         Pragmas::new()
             .with_busy_timeout(self.busy_timeout)
@@ -207,16 +244,55 @@ impl DbBuilder {
     /// # Errors
     /// [`Error::InvalidPath`] (empty path, a directory), [`Error::Open`] (missing
     /// directory, not a database, corrupt), [`Error::ReadOnly`], [`Error::NotWal`] — each
-    /// naming the path.
+    /// naming the path; [`Error::InvalidSetting`] for a `busy_timeout` SQLite cannot take
+    /// or a `max_wait` past [`DbBuilder::MAX_WAIT_LIMIT`].
     pub async fn build(self) -> Result<Db> {
         let handle = tokio::runtime::Handle::current();
         let builder = self.clone();
-        let writer = tokio::task::spawn_blocking(move || open_writer(&builder))
+        // Opening files and connections blocks: keep it off the async worker.
+        let opened = tokio::task::spawn_blocking(move || builder.open_files())
             .await
             .map_err(|e| Error::Panicked {
                 message: e.to_string(),
             })??;
-        self.start(writer, handle, None)
+        self.start(opened, handle, None)
+    }
+
+    /// The write connection and the checkpointer, opened and checked.
+    fn open_files(&self) -> Result<Opened> {
+        self.validate()?;
+        let stats = Arc::new(StatsInner::new());
+        let writer = open_writer(self)?;
+        let checkpointer = self.start_checkpointer(&stats)?;
+        Ok(Opened {
+            writer,
+            checkpointer,
+            stats,
+        })
+    }
+
+    fn validate(&self) -> Result<()> {
+        if pragmas::busy_timeout_ms(self.busy_timeout).is_none() {
+            return Err(Error::InvalidSetting {
+                setting: "busy_timeout",
+                reason: format!(
+                    "{:?} is longer than SQLite can wait ({} ms at most)",
+                    self.busy_timeout,
+                    i32::MAX
+                ),
+            });
+        }
+        if self.max_wait > Self::MAX_WAIT_LIMIT {
+            return Err(Error::InvalidSetting {
+                setting: "max_wait",
+                reason: format!(
+                    "{:?} would keep a lone write waiting for company; at most {:?}",
+                    self.max_wait,
+                    Self::MAX_WAIT_LIMIT
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// [`DbBuilder::build`] for threaded code. Inside a tokio runtime it uses that runtime
@@ -225,9 +301,9 @@ impl DbBuilder {
     /// # Errors
     /// As [`DbBuilder::build`].
     pub fn build_blocking(self) -> Result<Db> {
-        let writer = open_writer(&self)?;
+        let opened = self.open_files()?;
         match tokio::runtime::Handle::try_current() {
-            Ok(handle) => self.start(writer, handle, None),
+            Ok(handle) => self.start(opened, handle, None),
             Err(_) => {
                 let rt = tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(1)
@@ -239,18 +315,22 @@ impl DbBuilder {
                         reason: format!("cannot start a runtime: {e}"),
                     })?;
                 let handle = rt.handle().clone();
-                self.start(writer, handle, Some(rt))
+                self.start(opened, handle, Some(rt))
             }
         }
     }
 
     fn start(
         self,
-        writer: Connection,
+        opened: Opened,
         runtime: tokio::runtime::Handle,
         own_runtime: Option<tokio::runtime::Runtime>,
     ) -> Result<Db> {
-        let stats = Arc::new(StatsInner::new());
+        let Opened {
+            writer,
+            checkpointer,
+            stats,
+        } = opened;
         let manager = ReadManager {
             path: self.path.clone(),
             pragmas: self.pragmas().with_query_only(true),
@@ -265,13 +345,7 @@ impl DbBuilder {
                 reason: e.to_string(),
             })?;
         let (tx, rx) = mpsc::channel();
-        let cfg = WriterConfig {
-            group_commit: self.group_commit,
-            max_batch: self.max_batch,
-            max_wait: self.max_wait,
-            retry: self.retry,
-        };
-        let checkpointer = self.start_checkpointer(&stats)?;
+        let cfg = self.writer_config();
         let thread_stats = Arc::clone(&stats);
         let thread = std::thread::Builder::new()
             .name("luca-db-writer".into())
@@ -285,6 +359,7 @@ impl DbBuilder {
                 path: self.path,
                 readers,
                 writes: tx,
+                room: Arc::new(Semaphore::new(self.max_queue)),
                 writer_thread: Mutex::new(Some(thread)),
                 stats,
                 runtime,
@@ -292,6 +367,13 @@ impl DbBuilder {
             }),
         })
     }
+}
+
+/// What [`DbBuilder::open_files`] opened.
+struct Opened {
+    writer: Connection,
+    checkpointer: Option<writer::Checkpointer>,
+    stats: Arc<StatsInner>,
 }
 
 impl DbBuilder {
@@ -331,18 +413,13 @@ fn open_writer(b: &DbBuilder) -> Result<Connection> {
             path: b.path.clone(),
         });
     }
-    pragmas::apply(&conn, &b.pragmas())?;
+    drop(conn);
+    let conn = writer::open_connection(&b.writer_config())?;
     // Reads the schema: a file whose first pages are damaged fails here, not later.
     conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
         r.get::<_, i64>(0)
     })
     .map_err(open_err)?;
-    if b.wal_autocheckpoint == 0 {
-        // No automatic checkpoints at all (the background checkpointer is not started).
-        conn.pragma_update(None, "wal_autocheckpoint", 0)
-            .map_err(open_err)?;
-    }
-    conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
 
@@ -449,40 +526,92 @@ impl Db {
     /// `f` returns an error (or panics), only its own changes are rolled back and it gets
     /// the error. `Ok` is returned only after the `COMMIT` that includes the write
     /// succeeded. `f` may run more than once (when another process's lock forces the
-    /// transaction to be retried), so it must not have side effects outside the database.
+    /// transaction to be retried, or when SQLite rolled back a group because of another
+    /// caller's write), so it must not have side effects outside the database.
     ///
-    /// Dropping the returned future does not cancel the write: it is committed or rolled
-    /// back as a whole all the same.
+    /// # What a write closure may not do
+    /// - Transaction control: `BEGIN`, `COMMIT`, `END`, `ROLLBACK`, `SAVEPOINT`,
+    ///   `RELEASE` and `ROLLBACK TO` are refused while `f` runs (SQLite reports "not
+    ///   authorized" to `f`); the write path owns the transaction. To roll your write
+    ///   back, return an error.
+    /// - Assignments to the PRAGMAs `Db` manages (`journal_mode`, `synchronous`,
+    ///   `locking_mode`, `query_only`, `foreign_keys`, `busy_timeout`,
+    ///   `wal_autocheckpoint`) are refused the same way; reading them is fine.
+    ///
+    /// A closure that ran a refused statement gets [`Error::Refused`] and nothing of it is
+    /// committed, even if it ignored SQLite's error and returned `Ok`. Installing hooks or
+    /// an authorizer of your own on the write connection is not supported.
+    ///
+    /// # When SQLite rolls back by itself
+    /// A trigger's `RAISE(ROLLBACK, …)`, `INSERT OR ROLLBACK`, or an I/O error or full
+    /// disk can make SQLite roll back the whole transaction while `f` runs. Then `f`'s
+    /// caller gets `f`'s error (SQLite's own, with its message), or
+    /// [`Error::TransactionEnded`] if `f` swallowed it; nothing `f` runs afterwards can
+    /// commit. The other writes of its group are run again without it and committed.
+    ///
+    /// # Backpressure and cancellation
+    /// At most [`DbBuilder::max_queue`] writes are queued or running; a write that finds
+    /// the queue full waits here, asynchronously and in FIFO order, for room. A write is
+    /// queued during the first poll of this future that finds room:
+    /// - dropped before that (never polled, or still waiting for room), the write never
+    ///   runs;
+    /// - dropped after that, the write is not cancelled: it is committed or rolled back
+    ///   as a whole all the same, and its answer is discarded.
     ///
     /// # Errors
-    /// Whatever `f` returns; [`Error::Closed`] after [`Db::close`]; a busy error when
-    /// another process held the lock past the retry policy.
+    /// Whatever `f` returns; [`Error::Refused`] and [`Error::TransactionEnded`] as above;
+    /// [`Error::Closed`] after [`Db::close`]; a busy error when another process held the
+    /// lock past the retry policy; [`Error::Reentered`] when called (through a blocking
+    /// executor) from inside a write closure of the same `Db`.
     pub async fn write<T, F>(&self, f: F) -> Result<T>
     where
         F: FnMut(&Connection) -> Result<T> + Send + 'static,
         T: Send + 'static,
     {
-        let rx = self.enqueue(f)?;
+        self.not_on_writer("Db::write")?;
+        let permit = match self.inner.room.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(TryAcquireError::Closed) => return Err(self.closed()),
+            Err(TryAcquireError::NoPermits) => {
+                self.inner
+                    .stats
+                    .queue_full_waits
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.inner
+                    .room
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| self.closed())?
+            }
+        };
+        let rx = self.enqueue(f, permit)?;
         rx.await.map_err(|_| self.closed())?
     }
 
-    /// [`Db::write`] for threaded code: blocks the calling thread.
+    /// [`Db::write`] for threaded code: blocks the calling thread until the write is
+    /// answered (and, when the queue is full, until there is room).
+    ///
+    /// It never panics and never needs a runtime: the write path is a thread of its own.
+    /// Called on an async worker thread it works too, but it stalls that worker (and every
+    /// task on it) until the write commits; use [`Db::write`] there.
     ///
     /// # Errors
-    /// As [`Db::write`].
-    ///
-    /// # Panics
-    /// When called from inside an async task (use [`Db::write`] there).
+    /// As [`Db::write`]; [`Error::Reentered`] when called from inside a write closure of
+    /// the same `Db` (the writer would wait for itself).
     pub fn write_blocking<T, F>(&self, f: F) -> Result<T>
     where
         F: FnMut(&Connection) -> Result<T> + Send + 'static,
         T: Send + 'static,
     {
-        let rx = self.enqueue(f)?;
-        rx.blocking_recv().map_err(|_| self.closed())?
+        block_on(self.write(f))
     }
 
-    fn enqueue<T, F>(&self, f: F) -> Result<oneshot::Receiver<Result<T>>>
+    fn enqueue<T, F>(
+        &self,
+        f: F,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<oneshot::Receiver<Result<T>>>
     where
         F: FnMut(&Connection) -> Result<T> + Send + 'static,
         T: Send + 'static,
@@ -493,6 +622,7 @@ impl Db {
             value: None,
             reply,
             enqueued: Instant::now(),
+            _permit: permit,
         };
         self.inner.stats.enqueued();
         if self.inner.writes.send(Msg::Write(Box::new(job))).is_err() {
@@ -502,38 +632,45 @@ impl Db {
         Ok(rx)
     }
 
+    /// A call that waits for the writer, made on the writer thread, would wait forever.
+    fn not_on_writer(&self, call: &'static str) -> Result<()> {
+        if writer::on_writer_thread() {
+            return Err(Error::Reentered { call });
+        }
+        Ok(())
+    }
+
     /// Counters, queue depth, lock-wait and latency percentiles, group sizes.
     pub fn stats(&self) -> DbStats {
         self.inner.stats.snapshot()
     }
 
     /// Finishes the writes already queued, checkpoints the WAL, and closes the pool.
-    /// Later calls on any clone of this handle return [`Error::Closed`].
+    /// Writes still waiting for room in a full queue are answered [`Error::Closed`] and
+    /// never run. Later calls on any clone of this handle return [`Error::Closed`].
     ///
     /// # Errors
-    /// [`Error::Closed`] when the handle was already closed.
+    /// [`Error::Closed`] when the handle was already closed; [`Error::Reentered`] when
+    /// called (through a blocking executor) from inside a write closure.
     pub async fn close(&self) -> Result<()> {
+        self.not_on_writer("Db::close")?;
         let (ack, done) = oneshot::channel();
         if self.inner.writes.send(Msg::Close(ack)).is_err() {
             return Err(self.closed());
         }
+        self.inner.room.close();
         let _ = done.await;
         self.finish_close();
         Ok(())
     }
 
-    /// [`Db::close`] for threaded code.
+    /// [`Db::close`] for threaded code: blocks the calling thread. Like
+    /// [`Db::write_blocking`], it never panics and needs no runtime.
     ///
     /// # Errors
     /// As [`Db::close`].
     pub fn close_blocking(&self) -> Result<()> {
-        let (ack, done) = oneshot::channel();
-        if self.inner.writes.send(Msg::Close(ack)).is_err() {
-            return Err(self.closed());
-        }
-        let _ = done.blocking_recv();
-        self.finish_close();
-        Ok(())
+        block_on(self.close())
     }
 
     fn finish_close(&self) {
@@ -569,6 +706,30 @@ impl Db {
     }
 }
 
+/// Runs a future to completion on the calling thread, parking it between polls. The
+/// futures it runs (a semaphore, a oneshot, a blocking join) need no runtime; tokio's
+/// cooperative budget is lifted so that a call from inside a task cannot spin.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut f = std::pin::pin!(tokio::task::unconstrained(f));
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}
+
 /// Creates reader connections; recycling costs no round trip to SQLite.
 struct ReadManager {
     path: PathBuf,
@@ -583,7 +744,7 @@ impl managed::Manager for ReadManager {
         let path = self.path.clone();
         let pragmas = self.pragmas;
         SyncWrapper::new(deadpool::Runtime::Tokio1, move || {
-            pragmas::open(&path, &pragmas)
+            pragmas::open_read_only(&path, &pragmas)
         })
         .await
     }

@@ -120,6 +120,10 @@ pub(crate) struct StatsInner {
     pub(crate) commit_fallbacks: AtomicU64,
     pub(crate) checkpoints: AtomicU64,
     pub(crate) inline_checkpoints: AtomicU64,
+    pub(crate) sqlite_rollbacks: AtomicU64,
+    pub(crate) refused: AtomicU64,
+    pub(crate) reopens: AtomicU64,
+    pub(crate) queue_full_waits: AtomicU64,
     pub(crate) lock_wait: Histogram,
     pub(crate) write_latency: Histogram,
     pub(crate) group_sizes: Histogram,
@@ -143,6 +147,10 @@ impl StatsInner {
             commit_fallbacks: z(),
             checkpoints: z(),
             inline_checkpoints: z(),
+            sqlite_rollbacks: z(),
+            refused: z(),
+            reopens: z(),
+            queue_full_waits: z(),
             lock_wait: Histogram::new(),
             write_latency: Histogram::new(),
             group_sizes: Histogram::new(),
@@ -178,6 +186,10 @@ impl StatsInner {
             commit_fallbacks: self.commit_fallbacks.load(Relaxed),
             checkpoints: self.checkpoints.load(Relaxed),
             inline_checkpoints: self.inline_checkpoints.load(Relaxed),
+            sqlite_rollbacks: self.sqlite_rollbacks.load(Relaxed),
+            refused: self.refused.load(Relaxed),
+            reopens: self.reopens.load(Relaxed),
+            queue_full_waits: self.queue_full_waits.load(Relaxed),
             lock_wait_ns: self.lock_wait.snapshot(),
             write_latency_ns: self.write_latency.snapshot(),
             group_sizes: self.group_sizes.snapshot(),
@@ -219,6 +231,17 @@ pub struct DbStats {
     /// Checkpoints the writer ran itself, between two runs of writes, because sustained
     /// writing kept the WAL past four times the threshold.
     pub inline_checkpoints: u64,
+    /// Transactions SQLite rolled back by itself while a write closure ran (a trigger's
+    /// `RAISE(ROLLBACK)`, `OR ROLLBACK`, a full disk …); the other writes of the group ran
+    /// again without the culprit.
+    pub sqlite_rollbacks: u64,
+    /// Statements refused inside write closures (transaction control, managed PRAGMAs).
+    pub refused: u64,
+    /// Times the write connection was closed and opened again because it could not leave
+    /// a transaction.
+    pub reopens: u64,
+    /// Writes that found the queue full and waited for room.
+    pub queue_full_waits: u64,
     /// Time from a write's call to the start of its transaction (queue plus file lock),
     /// in nanoseconds.
     pub lock_wait_ns: Percentiles,
@@ -243,7 +266,7 @@ impl fmt::Display for DbStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "commits {} | writes ok {} failed {} | rows {} | reads {} | busy {} retries {} | queue {} (max {}) | dirty rollbacks {} | panics {} | commit fallbacks {} | checkpoints {} (+{} inline)",
+            "commits {} | writes ok {} failed {} | rows {} | reads {} | busy {} retries {} | queue {} (max {}, waited for room {}) | dirty rollbacks {} | panics {} | commit fallbacks {} | sqlite rollbacks {} | refused {} | reopens {} | checkpoints {} (+{} inline)",
             self.commits,
             self.writes_ok,
             self.writes_failed,
@@ -253,9 +276,13 @@ impl fmt::Display for DbStats {
             self.retries,
             self.queue_depth,
             self.max_queue_depth,
+            self.queue_full_waits,
             self.dirty_rollbacks,
             self.panics,
             self.commit_fallbacks,
+            self.sqlite_rollbacks,
+            self.refused,
+            self.reopens,
             self.checkpoints,
             self.inline_checkpoints
         )?;

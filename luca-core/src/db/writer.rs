@@ -2,20 +2,50 @@
 //! a FIFO queue, so writers in this process never fight over SQLite's file lock (the busy
 //! handler only ever waits for other processes). With group commit, the writes queued at
 //! one moment run in one transaction, each in its own SAVEPOINT.
+//!
+//! The answer a caller gets always matches the file, whatever its closure does:
+//! - an authorizer refuses transaction control and luca-managed PRAGMAs while a closure
+//!   runs ([`Error::Refused`]);
+//! - a commit hook vetoes every commit while a closure runs, so once SQLite has rolled the
+//!   transaction back by itself (`RAISE(ROLLBACK)`, `OR ROLLBACK`, FULL, IOERR), nothing
+//!   the closure does afterwards can commit in autocommit mode;
+//! - a rollback hook tells that SQLite rolled back during a closure: that closure gets
+//!   its own error, and the other writes of its group run again without it;
+//! - panics in closures, in the values they return and in their captures' `Drop` are
+//!   contained: the writer thread never dies with writes in flight.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
-use tokio::sync::oneshot;
+use rusqlite::hooks::{AuthAction, AuthContext, Authorization, TransactionOperation};
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use super::stats::StatsInner;
 use crate::error::panic_message;
+use crate::pragmas::{self, Pragmas};
 use crate::retry::{RetryPolicy, Retryable, Schedule};
 use crate::{Error, Result};
+
+thread_local! {
+    /// Set on the writer thread: a blocking call on the write path made from a write
+    /// closure would wait for itself.
+    static ON_WRITER_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+
+    /// Frames in the WAL after the writer thread's last commit (set by the WAL hook,
+    /// which SQLite calls on the committing thread).
+    static WAL_PAGES: std::cell::Cell<i32> = const { std::cell::Cell::new(0) };
+}
+
+/// Whether the calling thread is a writer thread (inside a write closure).
+pub(crate) fn on_writer_thread() -> bool {
+    ON_WRITER_THREAD.with(std::cell::Cell::get)
+}
 
 /// One queued write, its closure and where to send the answer, with the type erased.
 pub(crate) trait Job: Send {
@@ -32,6 +62,8 @@ pub(crate) struct TypedJob<F, T> {
     pub(crate) value: Option<T>,
     pub(crate) reply: oneshot::Sender<Result<T>>,
     pub(crate) enqueued: Instant,
+    /// A place in the bounded queue, given back when the job is answered and dropped.
+    pub(crate) _permit: OwnedSemaphorePermit,
 }
 
 impl<F, T> Job for TypedJob<F, T>
@@ -40,12 +72,15 @@ where
     T: Send,
 {
     fn run(&mut self, conn: &Connection) -> Result<()> {
-        match catch_unwind(AssertUnwindSafe(|| (self.f)(conn))) {
-            Ok(Ok(v)) => {
-                self.value = Some(v);
-                Ok(())
-            }
-            Ok(Err(e)) => Err(e),
+        // The value of an earlier run (a group that ran again) is dropped here, inside
+        // the guard: a panicking `Drop` fails this run only.
+        let value = &mut self.value;
+        let f = &mut self.f;
+        match catch_unwind(AssertUnwindSafe(|| {
+            drop(value.take());
+            f(conn).map(|v| *value = Some(v))
+        })) {
+            Ok(outcome) => outcome,
             Err(payload) => Err(Error::Panicked {
                 message: panic_message(&*payload),
             }),
@@ -65,12 +100,6 @@ where
     fn enqueued(&self) -> Instant {
         self.enqueued
     }
-}
-
-thread_local! {
-    /// Frames in the WAL after the writer thread's last commit (set by the WAL hook,
-    /// which SQLite calls on the committing thread).
-    static WAL_PAGES: std::cell::Cell<i32> = const { std::cell::Cell::new(0) };
 }
 
 /// SQLite's WAL hook on the write connection: records the WAL's size. Installing it also
@@ -111,10 +140,141 @@ pub(crate) enum Msg {
 /// Settings of the write path.
 #[derive(Clone, Debug)]
 pub(crate) struct WriterConfig {
+    pub(crate) path: PathBuf,
+    pub(crate) pragmas: Pragmas,
+    pub(crate) wal_autocheckpoint: u32,
     pub(crate) group_commit: bool,
     pub(crate) max_batch: usize,
     pub(crate) max_wait: Duration,
     pub(crate) retry: RetryPolicy,
+}
+
+/// What the hooks of the write connection saw while a closure ran.
+#[derive(Default)]
+struct Watch {
+    /// A closure is running: refuse transaction control, veto commits.
+    in_closure: AtomicBool,
+    /// SQLite rolled the transaction back while the closure ran.
+    rolled_back: AtomicBool,
+    /// The first statement the authorizer refused while the closure ran.
+    refused: Mutex<Option<(String, &'static str)>>,
+}
+
+const TX_REASON: &str = "`Db::write` owns the transaction (each write runs in `BEGIN IMMEDIATE` \
+                         or in a savepoint of a group); return an error to roll your write back";
+const PRAGMA_REASON: &str = "the write connection's settings belong to `Db`; set them with \
+                             `DbBuilder` (a PRAGMA that only reads is allowed)";
+/// PRAGMAs whose assignment would change how the write path behaves.
+const MANAGED_PRAGMAS: [&str; 7] = [
+    "journal_mode",
+    "synchronous",
+    "locking_mode",
+    "query_only",
+    "foreign_keys",
+    "busy_timeout",
+    "wal_autocheckpoint",
+];
+
+impl Watch {
+    fn authorize(&self, ctx: &AuthContext<'_>) -> Authorization {
+        if !self.in_closure.load(Relaxed) {
+            return Authorization::Allow;
+        }
+        let refused = match ctx.action {
+            AuthAction::Transaction { operation } => {
+                let what = match operation {
+                    TransactionOperation::Begin => "BEGIN",
+                    TransactionOperation::Release => "COMMIT",
+                    TransactionOperation::Rollback => "ROLLBACK",
+                    // SQLite names COMMIT (and END) "COMMIT", which rusqlite does not map.
+                    _ => "COMMIT",
+                };
+                Some((what.to_owned(), TX_REASON))
+            }
+            AuthAction::Savepoint {
+                operation,
+                savepoint_name,
+            } => {
+                let what = match operation {
+                    TransactionOperation::Release => "RELEASE",
+                    TransactionOperation::Rollback => "ROLLBACK TO",
+                    _ => "SAVEPOINT",
+                };
+                Some((format!("{what} {savepoint_name}"), TX_REASON))
+            }
+            AuthAction::Pragma {
+                pragma_name,
+                pragma_value: Some(value),
+            } if MANAGED_PRAGMAS
+                .iter()
+                .any(|p| p.eq_ignore_ascii_case(pragma_name)) =>
+            {
+                Some((format!("PRAGMA {pragma_name} = {value}"), PRAGMA_REASON))
+            }
+            _ => None,
+        };
+        match refused {
+            Some(r) => {
+                let mut first = self
+                    .refused
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                first.get_or_insert(r);
+                Authorization::Deny
+            }
+            None => Authorization::Allow,
+        }
+    }
+
+    fn enter(&self) {
+        self.rolled_back.store(false, Relaxed);
+        self.in_closure.store(true, Relaxed);
+    }
+
+    /// Ends a closure's run: whether SQLite rolled back, and the refused statement.
+    fn leave(&self) -> (bool, Option<(String, &'static str)>) {
+        self.in_closure.store(false, Relaxed);
+        let refused = self
+            .refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        (self.rolled_back.load(Relaxed), refused)
+    }
+}
+
+/// Opens and configures a write connection: PRAGMAs, statement cache, hooks.
+pub(crate) fn open_connection(cfg: &WriterConfig) -> Result<Connection> {
+    let conn = pragmas::open(&cfg.path, &cfg.pragmas)?;
+    if cfg.wal_autocheckpoint == 0 {
+        // No automatic checkpoints at all (the background checkpointer is not started).
+        conn.pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(|source| Error::Open {
+                path: cfg.path.clone(),
+                source,
+            })?;
+    }
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+/// Installs the hooks that keep every answer in agreement with the file.
+fn install_hooks(conn: &Connection, watch: &Arc<Watch>, wal_hook: bool) -> rusqlite::Result<()> {
+    let w = Arc::clone(watch);
+    conn.authorizer(Some(move |ctx: AuthContext<'_>| w.authorize(&ctx)))?;
+    let w = Arc::clone(watch);
+    // `true` turns the commit into a rollback: nothing commits while a closure runs.
+    conn.commit_hook(Some(move || w.in_closure.load(Relaxed)))?;
+    let w = Arc::clone(watch);
+    conn.rollback_hook(Some(move || {
+        if w.in_closure.load(Relaxed) {
+            w.rolled_back.store(true, Relaxed);
+        }
+    }))?;
+    if wal_hook {
+        conn.wal_hook(Some(record_wal_pages));
+    }
+    Ok(())
 }
 
 /// The writer thread's loop. Returns when the handle closes or every sender is gone.
@@ -125,15 +285,17 @@ pub(crate) fn run(
     stats: Arc<StatsInner>,
     checkpointer: Option<Checkpointer>,
 ) {
-    if checkpointer.is_some() {
-        conn.wal_hook(Some(record_wal_pages));
-    }
-    let w = Writer {
-        conn,
+    ON_WRITER_THREAD.with(|w| w.set(true));
+    let watch = Arc::new(Watch::default());
+    let mut w = Writer {
+        conn: Some(conn),
         cfg,
         stats,
         checkpointer,
+        watch,
+        reopen_error: None,
     };
+    w.hook_up();
     let mut closing: Option<oneshot::Sender<()>> = None;
     while closing.is_none() {
         let first = match rx.recv() {
@@ -144,31 +306,24 @@ pub(crate) fn run(
             }
             Err(_) => break,
         };
-        let mut batch = vec![first];
-        {
-            let until = Instant::now() + w.cfg.max_wait;
-            while batch.len() < w.cfg.max_batch {
-                let next = match rx.try_recv() {
-                    Ok(m) => Some(m),
-                    Err(TryRecvError::Empty) if w.cfg.group_commit && !w.cfg.max_wait.is_zero() => {
-                        rx.recv_timeout(until.saturating_duration_since(Instant::now()))
-                            .ok()
-                    }
-                    Err(_) => None,
-                };
-                match next {
-                    Some(Msg::Write(job)) => batch.push(job),
-                    Some(Msg::Close(ack)) => {
-                        closing = Some(ack);
-                        break;
-                    }
-                    None => break,
-                }
-            }
-        }
+        let batch = w.collect(first, &rx, &mut closing);
         w.stats.dequeued(batch.len());
-        w.execute(batch);
+        // Every answer is sent by code that contains its own panics; this is the last
+        // net, so that a bug cannot take the thread (and every later write) down.
+        if catch_unwind(AssertUnwindSafe(|| w.execute(batch))).is_err() {
+            w.rollback();
+        }
         w.after_run();
+    }
+    // Writes queued behind a close (or sent while it ran) are answered `Closed`: none ran.
+    while let Ok(msg) = rx.try_recv() {
+        if let Msg::Write(job) = msg {
+            w.stats.dequeued(1);
+            let closed = Error::Closed {
+                path: w.cfg.path.clone(),
+            };
+            contain(|| job.answer(Err(closed)));
+        }
     }
     let Writer {
         conn, checkpointer, ..
@@ -177,37 +332,104 @@ pub(crate) fn run(
         drop(c.wake);
         let _ = c.thread.join();
     }
-    // Checkpoint so the WAL does not outlive the handle; a failure here loses nothing.
-    let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
-    drop(conn);
+    if let Some(conn) = conn {
+        // Checkpoint so the WAL does not outlive the handle; a failure here loses nothing.
+        let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+        drop(conn);
+    }
     if let Some(ack) = closing {
         let _ = ack.send(());
     }
+    contain(move || drop(rx));
+}
+
+/// Runs `f`, swallowing a panic (one already reported by the panic hook).
+fn contain(f: impl FnOnce()) {
+    let _ = catch_unwind(AssertUnwindSafe(f));
+}
+
+/// A write on the writer thread, with what the writer knows of it.
+struct Entry {
+    job: Box<dyn Job>,
+    /// Its wait for the lock was recorded (once per write, not per attempt).
+    waited: bool,
 }
 
 struct Writer {
-    conn: Connection,
+    /// `None` only while a broken connection is being replaced.
+    conn: Option<Connection>,
     cfg: WriterConfig,
     stats: Arc<StatsInner>,
     checkpointer: Option<Checkpointer>,
+    watch: Arc<Watch>,
+    /// Why the last attempt to replace a broken connection failed.
+    reopen_error: Option<Error>,
 }
 
-/// How a transaction attempt ended.
-enum Tx {
-    Committed,
-    /// The body asked for a rollback (its write failed); nothing was committed.
-    RolledBack,
-    /// BEGIN or COMMIT met a busy/locked error: the whole transaction may run again.
-    Busy(Error),
-    /// COMMIT failed for another reason (for example a deferred constraint).
-    CommitFailed(Error),
+/// How a closure's run ended.
+struct Ran {
+    outcome: Result<()>,
+    /// SQLite rolled the whole transaction back while it ran.
+    rolled_back: bool,
+    /// Rows it changed (counted only when it succeeds).
+    changes: u64,
 }
 
 impl Writer {
+    /// The connection, between a successful [`Writer::begin`] and the end of its
+    /// transaction (the only times it is used).
+    fn conn(&self) -> &Connection {
+        self.conn
+            .as_ref()
+            .expect("a transaction is only run after `begin` found a connection")
+    }
+
+    fn hook_up(&self) {
+        if let Some(conn) = &self.conn {
+            // Only fails on a connection that is not ours; the writer owns this one.
+            let _ = install_hooks(conn, &self.watch, self.checkpointer.is_some());
+        }
+    }
+
+    /// The first write plus whatever is queued behind it (and, with `max_wait`, whatever
+    /// arrives in time), up to `max_batch`.
+    fn collect(
+        &self,
+        first: Box<dyn Job>,
+        rx: &Receiver<Msg>,
+        closing: &mut Option<oneshot::Sender<()>>,
+    ) -> Vec<Entry> {
+        let entry = |job| Entry { job, waited: false };
+        let mut batch = vec![entry(first)];
+        let waits = self.cfg.group_commit && !self.cfg.max_wait.is_zero();
+        // `None`: a `max_wait` too long to add to the clock waits without a deadline.
+        // The builder bounds `max_wait`; a deadline past the clock's range waits no more.
+        let until = Instant::now().checked_add(self.cfg.max_wait);
+        while batch.len() < self.cfg.max_batch {
+            let next = match rx.try_recv() {
+                Ok(m) => Some(m),
+                Err(TryRecvError::Empty) if waits => until.and_then(|until| {
+                    rx.recv_timeout(until.saturating_duration_since(Instant::now()))
+                        .ok()
+                }),
+                Err(_) => None,
+            };
+            match next {
+                Some(Msg::Write(job)) => batch.push(entry(job)),
+                Some(Msg::Close(ack)) => {
+                    *closing = Some(ack);
+                    break;
+                }
+                None => break,
+            }
+        }
+        batch
+    }
+
     /// Commits a drained run of queued writes: as one group, or (group commit off, or a
-    /// lone write) each in its own transaction. Replies go out after the whole run, back
-    /// to back, so waking the callers' tasks stays off the path between two commits.
-    fn execute(&self, batch: Vec<Box<dyn Job>>) {
+    /// lone write) each in its own transaction, each caller answered right after its own
+    /// commit.
+    fn execute(&mut self, batch: Vec<Entry>) {
         if self.cfg.group_commit && batch.len() > 1 {
             self.group(batch);
         } else {
@@ -215,20 +437,20 @@ impl Writer {
         }
     }
 
-    fn one_by_one(&self, batch: Vec<Box<dyn Job>>) {
-        let done: Vec<_> = batch.into_iter().map(|job| self.single(job)).collect();
-        for (job, outcome) in done {
-            self.finish(job, outcome);
+    fn one_by_one(&mut self, batch: Vec<Entry>) {
+        for entry in batch {
+            self.single(entry);
         }
     }
 
-    /// Sleeps per the retry policy after a busy error; `false` when it gives up.
-    fn backoff(&self, schedule: &mut Schedule<'_>, e: &Error) -> bool {
+    /// After a busy error: sleeps per the retry policy and returns `true`, or `false` when
+    /// the policy gives up.
+    fn backoff(&self, attempts: &mut Schedule<'_>, e: &Error) -> bool {
         let code = e.busy_code();
         if let Some(c) = code {
             self.stats.busy(c);
         }
-        match schedule.on_error(code, Instant::now) {
+        match attempts.on_error(code, Instant::now) {
             Some(delay) => {
                 self.stats.retries.fetch_add(1, Relaxed);
                 std::thread::sleep(delay);
@@ -238,134 +460,222 @@ impl Writer {
         }
     }
 
-    fn schedule(&self) -> Schedule<'_> {
-        Schedule::new(
-            &self.cfg.retry,
-            "luca_core::Db::write",
-            std::panic::Location::caller(),
-            None,
-        )
-        .started_at(Some(Instant::now()))
+    fn record_wait(&self, entry: &mut Entry, started: Instant) {
+        if !entry.waited {
+            entry.waited = true;
+            self.stats
+                .lock_wait
+                .record(started.saturating_duration_since(entry.job.enqueued()));
+        }
     }
 
-    /// Runs one write in its own transaction, retrying the transaction on busy errors;
-    /// returns the job with its outcome, to be answered by the caller.
-    fn single(&self, mut job: Box<dyn Job>) -> (Box<dyn Job>, Result<()>) {
-        let mut schedule = self.schedule();
-        loop {
-            let before = self.conn.total_changes();
-            let mut outcome = Ok(());
-            let tx = self.transaction(|conn, started| {
-                self.stats.lock_wait.record(started - job.enqueued());
-                outcome = job.run(conn);
-                outcome.is_ok()
-            });
-            match tx {
-                Tx::Committed => {
-                    self.committed(1, before);
-                    return (job, outcome);
-                }
-                Tx::RolledBack => return (job, outcome),
-                Tx::Busy(e) if self.backoff(&mut schedule, &e) => continue,
-                Tx::Busy(e) | Tx::CommitFailed(e) => return (job, Err(e)),
+    /// Runs one closure with the hooks armed.
+    fn run_closure(&self, job: &mut dyn Job) -> Ran {
+        let conn = self.conn();
+        let before = conn.total_changes();
+        self.watch.enter();
+        let outcome = job.run(conn);
+        let (rolled_back, refused) = self.watch.leave();
+        let changes = conn.total_changes().saturating_sub(before);
+        // The hooks are the evidence; a transaction that is gone without a rollback hook
+        // (hooks replaced by the closure itself) is treated the same way.
+        let rolled_back = rolled_back || conn.is_autocommit();
+        let outcome = match (outcome, refused) {
+            (_, Some((statement, reason))) => {
+                self.stats.refused.fetch_add(1, Relaxed);
+                Err(Error::Refused { statement, reason })
             }
+            (Ok(()), None) if rolled_back => Err(Error::TransactionEnded),
+            (outcome, None) => outcome,
+        };
+        Ran {
+            outcome,
+            rolled_back,
+            changes,
         }
     }
 
-    /// Runs a batch in one transaction, each write in its own savepoint.
-    fn group(&self, mut batch: Vec<Box<dyn Job>>) {
-        let mut schedule = self.schedule();
+    /// Runs one write in its own transaction, retrying the transaction on busy errors,
+    /// and answers it.
+    fn single(&mut self, mut entry: Entry) {
+        let policy = self.cfg.retry;
+        let mut attempts = schedule(&policy);
         loop {
-            let before = self.conn.total_changes();
-            let mut outcomes: Vec<Result<()>> = Vec::with_capacity(batch.len());
-            let tx = self.transaction(|conn, started| {
-                outcomes.clear();
-                for job in batch.iter_mut() {
-                    self.stats.lock_wait.record(started - job.enqueued());
-                    let outcome = savepoint(conn, job.as_mut());
-                    let ended = matches!(outcome, Err(Error::TransactionEnded));
-                    outcomes.push(outcome);
-                    if ended {
-                        break;
-                    }
+            if let Err(e) = self.begin() {
+                if e.busy_code().is_some() && self.backoff(&mut attempts, &e) {
+                    continue;
                 }
-                true
-            });
-            match tx {
-                Tx::CommitFailed(Error::TransactionEnded) | Tx::RolledBack => {
-                    // A closure ran COMMIT or ROLLBACK itself: what the writes before it
-                    // did is unknown, so none is acknowledged and none is re-run.
-                    for job in batch {
-                        self.finish(job, Err(Error::TransactionEnded));
-                    }
-                    return;
-                }
-                Tx::Committed => {
-                    self.committed(batch.len(), before);
-                    for (job, outcome) in batch.into_iter().zip(outcomes) {
-                        self.finish(job, outcome);
-                    }
-                    return;
-                }
-                Tx::Busy(e) if self.backoff(&mut schedule, &e) => continue,
-                Tx::Busy(e) => {
-                    for job in batch {
-                        self.finish(job, Err(clone_error(&e)));
-                    }
-                    return;
-                }
-                Tx::CommitFailed(_) => {
-                    // One write broke the shared COMMIT (a deferred constraint, say). No
-                    // caller has been answered; run each alone so only the culprit fails.
-                    self.stats.commit_fallbacks.fetch_add(1, Relaxed);
-                    self.one_by_one(batch);
-                    return;
-                }
+                return self.finish_all(vec![entry], &e, &attempts);
             }
-        }
-    }
-
-    /// `BEGIN IMMEDIATE`, `body` (returns whether to commit), then `COMMIT` or `ROLLBACK`.
-    fn transaction(&self, body: impl FnOnce(&Connection, Instant) -> bool) -> Tx {
-        if let Err(e) = exec(&self.conn, "BEGIN IMMEDIATE") {
-            return Tx::Busy(e.into());
-        }
-        let started = Instant::now();
-        let commit = body(&self.conn, started);
-        if self.conn.is_autocommit() {
-            // A closure ended our transaction itself; whatever it did is not ours to
-            // acknowledge.
-            return Tx::CommitFailed(Error::TransactionEnded);
-        }
-        if !commit {
-            self.rollback();
-            return Tx::RolledBack;
-        }
-        match exec(&self.conn, "COMMIT") {
-            Ok(()) => Tx::Committed,
-            Err(e) => {
+            self.record_wait(&mut entry, Instant::now());
+            let ran = self.run_closure(entry.job.as_mut());
+            if ran.rolled_back || ran.outcome.is_err() {
+                if ran.rolled_back {
+                    self.stats.sqlite_rollbacks.fetch_add(1, Relaxed);
+                }
                 self.rollback();
-                let e = Error::from(e);
-                if e.busy_code().is_some() {
-                    Tx::Busy(e)
-                } else {
-                    Tx::CommitFailed(e)
+                attempts.finish(false);
+                return self.finish(entry, ran.outcome);
+            }
+            match self.commit() {
+                Ok(()) => {
+                    self.committed(1, ran.changes);
+                    attempts.finish(true);
+                    return self.finish(entry, Ok(()));
+                }
+                Err(e) if e.busy_code().is_some() && self.backoff(&mut attempts, &e) => {}
+                Err(e) => {
+                    attempts.finish(false);
+                    return self.finish(entry, Err(e));
                 }
             }
         }
     }
 
-    fn rollback(&self) {
-        if !self.conn.is_autocommit() {
-            let _ = self.conn.execute_batch("ROLLBACK");
+    /// Runs a batch in one transaction, each write in its own savepoint, and answers every
+    /// caller after the shared `COMMIT`.
+    fn group(&mut self, mut batch: Vec<Entry>) {
+        let policy = self.cfg.retry;
+        let mut attempts = schedule(&policy);
+        'attempt: loop {
+            if let Err(e) = self.begin() {
+                if e.busy_code().is_some() && self.backoff(&mut attempts, &e) {
+                    continue;
+                }
+                return self.finish_all(batch, &e, &attempts);
+            }
+            let started = Instant::now();
+            let mut outcomes: Vec<Result<()>> = Vec::with_capacity(batch.len());
+            let mut changes = 0;
+            let mut i = 0;
+            while i < batch.len() {
+                self.record_wait(&mut batch[i], started);
+                if exec(self.conn(), "SAVEPOINT luca_write").is_err() {
+                    return self.fall_back(batch);
+                }
+                let ran = self.run_closure(batch[i].job.as_mut());
+                if ran.rolled_back {
+                    // SQLite rolled back the whole group while this closure ran: it gets
+                    // its own error; the others (before and after it) run again without it.
+                    self.rollback();
+                    self.stats.sqlite_rollbacks.fetch_add(1, Relaxed);
+                    let culprit = batch.remove(i);
+                    self.finish(culprit, ran.outcome);
+                    if batch.is_empty() {
+                        attempts.finish(false);
+                        return;
+                    }
+                    continue 'attempt;
+                }
+                let kept = match &ran.outcome {
+                    Ok(()) => Ok(()),
+                    Err(_) => exec(self.conn(), "ROLLBACK TO luca_write"),
+                }
+                .and_then(|()| exec(self.conn(), "RELEASE luca_write"));
+                if kept.is_err() || self.conn().is_autocommit() {
+                    // Our own savepoint statements failed (a full disk, say): what the
+                    // group holds is unknown, so each write runs again alone.
+                    return self.fall_back(batch);
+                }
+                if ran.outcome.is_ok() {
+                    changes += ran.changes;
+                }
+                outcomes.push(ran.outcome);
+                i += 1;
+            }
+            match self.commit() {
+                Ok(()) => {
+                    self.committed(batch.len(), changes);
+                    attempts.finish(true);
+                    for (entry, outcome) in batch.into_iter().zip(outcomes) {
+                        self.finish(entry, outcome);
+                    }
+                    return;
+                }
+                Err(e) if e.busy_code().is_some() && self.backoff(&mut attempts, &e) => {}
+                Err(e) if e.busy_code().is_some() => {
+                    return self.finish_all(batch, &e, &attempts);
+                }
+                // One write broke the shared COMMIT (a deferred constraint, say). No caller
+                // has been answered; run each alone so only the culprit fails.
+                Err(_) => return self.fall_back(batch),
+            }
         }
     }
 
-    fn committed(&self, writes: usize, changes_before: u64) {
+    fn fall_back(&mut self, batch: Vec<Entry>) {
+        self.rollback();
+        self.stats.commit_fallbacks.fetch_add(1, Relaxed);
+        self.one_by_one(batch);
+    }
+
+    /// Answers every write of a transaction that could not run with the same error.
+    fn finish_all(&self, batch: Vec<Entry>, e: &Error, attempts: &Schedule<'_>) {
+        attempts.finish(false);
+        for entry in batch {
+            self.finish(entry, Err(clone_error(e)));
+        }
+    }
+
+    /// `BEGIN IMMEDIATE`, on a connection that is outside any transaction.
+    fn begin(&mut self) -> Result<()> {
+        if !self.conn.as_ref().is_some_and(Connection::is_autocommit) {
+            self.rollback();
+        }
+        match &self.conn {
+            Some(conn) => exec(conn, "BEGIN IMMEDIATE").map_err(Error::from),
+            None => Err(self.reopen_error.take().unwrap_or_else(|| Error::Closed {
+                path: self.cfg.path.clone(),
+            })),
+        }
+    }
+
+    /// `COMMIT`; on failure the transaction is rolled back.
+    fn commit(&mut self) -> Result<()> {
+        let committed = exec(self.conn(), "COMMIT");
+        committed.map_err(|e| {
+            self.rollback();
+            Error::from(e)
+        })
+    }
+
+    /// Ends any open transaction. A connection that stays inside one (its `ROLLBACK`
+    /// failed) is closed, which rolls back, and replaced, so the writer is never stuck.
+    /// When no new connection opens, the next write is answered with the reason and
+    /// tries again.
+    fn rollback(&mut self) {
+        if let Some(conn) = &self.conn
+            && !conn.is_autocommit()
+        {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        if self.conn.as_ref().is_some_and(Connection::is_autocommit) {
+            return;
+        }
+        if let Some(conn) = self.conn.take() {
+            self.stats.reopens.fetch_add(1, Relaxed);
+            contain(move || drop(conn.close()));
+        }
+        match open_connection(&self.cfg) {
+            Ok(conn) => {
+                self.conn = Some(conn);
+                self.hook_up();
+            }
+            Err(e) => {
+                tracing::error!(
+                    target: "luca::db",
+                    path = %self.cfg.path.display(),
+                    "cannot reopen the write connection: {e}"
+                );
+                self.reopen_error = Some(e);
+            }
+        }
+    }
+
+    fn committed(&self, writes: usize, changes: u64) {
         self.stats.commits.fetch_add(1, Relaxed);
         self.stats.group_sizes.record_n(writes as u64);
-        let changed = self.conn.total_changes().saturating_sub(changes_before);
-        self.stats.rows_changed.fetch_add(changed, Relaxed);
+        self.stats.rows_changed.fetch_add(changes, Relaxed);
     }
 
     /// After a run of writes was answered: past the threshold, wake the background
@@ -375,14 +685,13 @@ impl Writer {
     /// and once every frame is, the next write starts the WAL from the beginning. The WAL
     /// stays bounded under sustained load.
     fn after_run(&self) {
-        let Some(c) = &self.checkpointer else {
+        let (Some(c), Some(conn)) = (&self.checkpointer, &self.conn) else {
             return;
         };
         let pages = i64::from(WAL_PAGES.with(std::cell::Cell::get));
         let threshold = i64::from(c.threshold);
         if pages >= 4 * threshold {
-            if self
-                .conn
+            if conn
                 .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
                 .is_ok()
             {
@@ -395,8 +704,10 @@ impl Writer {
         }
     }
 
-    fn finish(&self, job: Box<dyn Job>, outcome: Result<()>) {
-        let counter = match &outcome {
+    /// Counts and sends one answer. A panic while answering (the `Drop` of a value the
+    /// caller no longer waits for, or of the closure's captures) is contained and counted.
+    fn finish(&self, entry: Entry, outcome: Result<()>) {
+        let counter: &AtomicU64 = match &outcome {
             Ok(()) => &self.stats.writes_ok,
             Err(Error::Panicked { .. }) => {
                 self.stats.panics.fetch_add(1, Relaxed);
@@ -405,9 +716,25 @@ impl Writer {
             Err(_) => &self.stats.writes_failed,
         };
         counter.fetch_add(1, Relaxed);
-        self.stats.write_latency.record(job.enqueued().elapsed());
-        job.answer(outcome);
+        self.stats
+            .write_latency
+            .record(entry.job.enqueued().elapsed());
+        let job = entry.job;
+        if catch_unwind(AssertUnwindSafe(move || job.answer(outcome))).is_err() {
+            self.stats.panics.fetch_add(1, Relaxed);
+        }
     }
+}
+
+/// The retry schedule of one write.
+fn schedule(policy: &RetryPolicy) -> Schedule<'_> {
+    Schedule::new(
+        policy,
+        "luca_core::Db::write",
+        std::panic::Location::caller(),
+        None,
+    )
+    .started_at(Some(Instant::now()))
 }
 
 /// Runs a transaction-control statement from the statement cache (parsed once).
@@ -415,30 +742,67 @@ fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(drop)
 }
 
-/// Runs one write of a group inside `SAVEPOINT`; a failure rolls back that write only.
-fn savepoint(conn: &Connection, job: &mut dyn Job) -> Result<()> {
-    exec(conn, "SAVEPOINT luca_write")?;
-    let outcome = job.run(conn);
-    if conn.is_autocommit() {
-        return Err(Error::TransactionEnded);
-    }
-    if outcome.is_err() {
-        exec(conn, "ROLLBACK TO luca_write")?;
-    }
-    exec(conn, "RELEASE luca_write")?;
-    outcome
-}
-
-/// Errors are not `Clone`; a group that gives up answers every caller with the same
-/// SQLite failure rebuilt from its code and message.
+/// Errors are not `Clone`; a transaction that could not run answers each of its callers
+/// with a copy: SQLite's failures keep their code and message, luca's own errors their
+/// variant.
 fn clone_error(e: &Error) -> Error {
-    match e.sqlite() {
-        Some(rusqlite::Error::SqliteFailure(code, msg)) => {
+    match e {
+        Error::Sqlite(rusqlite::Error::SqliteFailure(code, msg)) => {
             Error::Sqlite(rusqlite::Error::SqliteFailure(*code, msg.clone()))
         }
-        _ => Error::Sqlite(rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+        Error::Closed { path } => Error::Closed { path: path.clone() },
+        Error::ReadOnly { path } => Error::ReadOnly { path: path.clone() },
+        Error::NotWal { path, mode } => Error::NotWal {
+            path: path.clone(),
+            mode: mode.clone(),
+        },
+        Error::Panicked { message } => Error::Panicked {
+            message: message.clone(),
+        },
+        Error::Pool { path, reason } => Error::Pool {
+            path: path.clone(),
+            reason: reason.clone(),
+        },
+        Error::TransactionEnded => Error::TransactionEnded,
+        Error::Refused { statement, reason } => Error::Refused {
+            statement: statement.clone(),
+            reason,
+        },
+        Error::Reentered { call } => Error::Reentered { call },
+        Error::InvalidSetting { setting, reason } => Error::InvalidSetting {
+            setting,
+            reason: reason.clone(),
+        },
+        Error::InvalidPath { path, reason } => Error::InvalidPath {
+            path: path.clone(),
+            reason,
+        },
+        // Not SQLite's own failure code (a rusqlite-side error): keep its text under
+        // SQLITE_ERROR, never a code that would be retried.
+        Error::Sqlite(_) | Error::Open { .. } => Error::Sqlite(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
             Some(e.to_string()),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cloned_errors_keep_their_kind_and_are_never_made_busy() {
+        let path = PathBuf::from("/tmp/x.db");
+        let closed = clone_error(&Error::Closed { path: path.clone() });
+        assert!(matches!(closed, Error::Closed { path: p } if p == path));
+        let busy = clone_error(&Error::Sqlite(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(517),
+            Some("snap".into()),
+        )));
+        assert_eq!(busy.extended_code(), Some(517));
+        assert_eq!(busy.to_string(), "snap");
+        let other = clone_error(&Error::Sqlite(rusqlite::Error::InvalidQuery));
+        assert_eq!(other.busy_code(), None);
+        assert_eq!(other.extended_code(), Some(rusqlite::ffi::SQLITE_ERROR));
     }
 }
