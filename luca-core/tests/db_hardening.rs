@@ -87,10 +87,7 @@ type Write = Box<dyn FnMut(&Connection) -> luca_core::Result<()> + Send>;
 
 /// Queues writes one by one behind a held writer (so they form one group, in order),
 /// releases the writer, and returns the answers in queue order.
-async fn group_of(
-    db: &Db,
-    writes: Vec<Write>,
-) -> Vec<luca_core::Result<()>> {
+async fn group_of(db: &Db, writes: Vec<Write>) -> Vec<luca_core::Result<()>> {
     let (release, holder) = hold_writer(db).await;
     let mut answers: Vec<Answer> = Vec::new();
     for (i, w) in writes.into_iter().enumerate() {
@@ -107,9 +104,7 @@ async fn group_of(
     out
 }
 
-fn boxed(
-    f: impl FnMut(&Connection) -> luca_core::Result<()> + Send + 'static,
-) -> Write {
+fn boxed(f: impl FnMut(&Connection) -> luca_core::Result<()> + Send + 'static) -> Write {
     Box::new(f)
 }
 

@@ -384,15 +384,18 @@ impl DbBuilder {
         let conn = pragmas::open(&self.path, &self.pragmas())?;
         let (wake, rx) = mpsc::sync_channel(1);
         let stats = Arc::clone(stats);
+        let running = Arc::new(Mutex::new(()));
+        let held = Arc::clone(&running);
         let thread = std::thread::Builder::new()
             .name("luca-db-checkpoint".into())
-            .spawn(move || writer::checkpoint_loop(conn, rx, stats))
+            .spawn(move || writer::checkpoint_loop(conn, rx, held, stats))
             .map_err(|e| Error::Pool {
                 path: self.path.clone(),
                 reason: format!("cannot start the checkpoint thread: {e}"),
             })?;
         Ok(Some(writer::Checkpointer {
             threshold: self.wal_autocheckpoint,
+            running,
             wake,
             thread,
         }))

@@ -116,13 +116,24 @@ pub(crate) fn record_wal_pages(
 /// checkpoint whenever the writer reports the WAL past the threshold.
 pub(crate) struct Checkpointer {
     pub(crate) threshold: u32,
+    /// Held by whoever checkpoints: the writer waits for a background checkpoint to end
+    /// rather than meet SQLite's `BUSY` for the checkpoint lock.
+    pub(crate) running: Arc<Mutex<()>>,
     pub(crate) wake: std::sync::mpsc::SyncSender<()>,
     pub(crate) thread: std::thread::JoinHandle<()>,
 }
 
 /// The checkpointer thread's loop; returns when the writer drops its end.
-pub(crate) fn checkpoint_loop(conn: Connection, wake: Receiver<()>, stats: Arc<StatsInner>) {
+pub(crate) fn checkpoint_loop(
+    conn: Connection,
+    wake: Receiver<()>,
+    running: Arc<Mutex<()>>,
+    stats: Arc<StatsInner>,
+) {
     while wake.recv().is_ok() {
+        let _running = running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if conn
             .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
             .is_ok()
@@ -691,13 +702,27 @@ impl Writer {
         let pages = i64::from(WAL_PAGES.with(std::cell::Cell::get));
         let threshold = i64::from(c.threshold);
         if pages >= 4 * threshold {
-            if conn
-                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                .is_ok()
-            {
+            let _running = c
+                .running
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // (busy, frames in the WAL, frames checkpointed)
+            let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            });
+            if let Ok((busy, log, checkpointed)) = done {
                 self.stats.inline_checkpoints.fetch_add(1, Relaxed);
+                // Only a complete checkpoint lets the next write start the WAL over; an
+                // incomplete one (another process checkpointing, or reading an old
+                // snapshot) is tried again after the next run.
+                if busy == 0 && log == checkpointed {
+                    WAL_PAGES.with(|p| p.set(0));
+                }
             }
-            WAL_PAGES.with(|p| p.set(0));
         } else if pages >= threshold {
             // At most one request pending; a full channel means one is on its way.
             let _ = c.wake.try_send(());
