@@ -33,7 +33,8 @@ pub fn now_sync() -> Instant {
     Instant::now()
 }
 
-/// The monotonic clock of async code: tokio's, so paused-time tests control it.
+/// The monotonic clock of async code: tokio's, so paused-time tests control it (outside a
+/// tokio runtime it is the system's monotonic clock).
 #[inline]
 pub fn now_async() -> Instant {
     tokio::time::Instant::now().into_std()
@@ -45,10 +46,11 @@ pub fn sleep_sync(delay: Duration) {
     std::thread::sleep(delay);
 }
 
-/// Async backoff sleep on tokio's timer.
+/// Async backoff sleep: tokio's timer inside a tokio runtime (paused-clock tests see it),
+/// a runtime-neutral timer thread under any other executor.
 #[inline]
-pub fn sleep_async(delay: Duration) -> tokio::time::Sleep {
-    tokio::time::sleep(delay)
+pub fn sleep_async(delay: Duration) -> impl std::future::Future<Output = ()> + Send {
+    crate::retry::sleep(delay)
 }
 
 /// What one attempt of a `#[db_retry]` function ended with.
