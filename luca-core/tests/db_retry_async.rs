@@ -690,3 +690,37 @@ async fn retry_async_against_a_real_write_lock() {
         .unwrap();
     assert_eq!(count, 1);
 }
+
+// --- `Send` futures ------------------------------------------------------------------------
+
+/// By-value parameters that are `Send` but not `Sync`: without the attribute the future is
+/// `Send`, and with it too, so `tokio::spawn` takes it.
+#[db_retry(max_retries = 3, delay_ms = 1)]
+async fn sum_received(
+    rx: std::sync::mpsc::Receiver<i64>,
+    tries: std::cell::Cell<u32>,
+) -> rusqlite::Result<(i64, u32)> {
+    tries.set(tries.get() + 1);
+    tokio::task::yield_now().await;
+    if tries.get() == 1 {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(5),
+            None,
+        ));
+    }
+    Ok((rx.try_iter().sum(), tries.get()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_but_not_sync_arguments_keep_the_future_send() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    tx.send(40).unwrap();
+    tx.send(2).unwrap();
+    let task = tokio::spawn(sum_received(rx, std::cell::Cell::new(0)));
+    let out = tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .expect("finished within 20 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(out, (42, 2), "the sum, after one busy retry");
+}

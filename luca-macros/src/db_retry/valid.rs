@@ -1,6 +1,8 @@
 //! Rules the annotated function must follow, each with a message that names the fix.
 
-use syn::{ReturnType, Type};
+use syn::{FnArg, Pat, ReturnType, Signature, Type};
+
+use crate::common::Errors;
 
 use super::ast::Function;
 
@@ -24,6 +26,7 @@ pub(crate) fn check(f: &Function) -> syn::Result<()> {
             "`#[db_retry]` needs a function body; put it on the method's default body or on each impl of it",
         ));
     }
+    mut_arguments(sig)?;
     match &sig.output {
         ReturnType::Default => Err(syn::Error::new_spanned(
             &sig.ident,
@@ -51,4 +54,89 @@ fn peel(ty: &Type) -> &Type {
         Type::Group(g) => peel(&g.elem),
         other => other,
     }
+}
+
+/// Rejects every `mut` by-value binding among the parameters: one attempt may change it,
+/// and the next attempt would start from what the failed one left (a drained `Vec` makes
+/// a retry that "succeeds" having done nothing).
+fn mut_arguments(sig: &Signature) -> syn::Result<()> {
+    let mut errors = Errors::default();
+    for arg in &sig.inputs {
+        match arg {
+            FnArg::Receiver(r) if r.reference.is_none() => {
+                if r.mutability.is_some() {
+                    errors.push(syn::Error::new_spanned(
+                        r,
+                        "`#[db_retry]` runs the body again on a retry, so changes to `mut self` would carry over into the next attempt; take `&mut self`, or remove `mut` and clone inside the body (`let mut this = self.clone();`)",
+                    ));
+                }
+            }
+            FnArg::Receiver(_) => {}
+            FnArg::Typed(t) => {
+                let top = match &*t.pat {
+                    Pat::Ident(i) => Some(&i.ident),
+                    _ => None,
+                };
+                each_mut_binding(&t.pat, &mut |ident| {
+                    let name = ident.ident.to_string();
+                    let by_ref = match top {
+                        Some(top) if *top == ident.ident => {
+                            let ty = type_text(&t.ty);
+                            format!("take it by reference (`{name}: &{ty}`)")
+                        }
+                        _ => "take it by reference".to_string(),
+                    };
+                    errors.push(syn::Error::new_spanned(
+                        ident,
+                        format!(
+                            "`#[db_retry]` runs the body again on a retry, so changes to `mut {name}` would carry over into the next attempt; {by_ref}, or remove `mut` and clone it inside the body (`let mut {name} = {name}.clone();`)"
+                        ),
+                    ));
+                });
+            }
+        }
+    }
+    match errors.into_error() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Calls `f` for each `mut name` binding (not `ref mut`) in a parameter pattern.
+fn each_mut_binding(pat: &Pat, f: &mut impl FnMut(&syn::PatIdent)) {
+    match pat {
+        Pat::Ident(i) => {
+            if i.mutability.is_some() && i.by_ref.is_none() {
+                f(i);
+            }
+            if let Some((_, sub)) = &i.subpat {
+                each_mut_binding(sub, f);
+            }
+        }
+        Pat::Tuple(t) => t.elems.iter().for_each(|p| each_mut_binding(p, f)),
+        Pat::TupleStruct(t) => t.elems.iter().for_each(|p| each_mut_binding(p, f)),
+        Pat::Struct(s) => s.fields.iter().for_each(|fp| each_mut_binding(&fp.pat, f)),
+        Pat::Slice(s) => s.elems.iter().for_each(|p| each_mut_binding(p, f)),
+        Pat::Reference(r) => each_mut_binding(&r.pat, f),
+        Pat::Paren(p) => each_mut_binding(&p.pat, f),
+        Pat::Type(t) => each_mut_binding(&t.pat, f),
+        Pat::Or(o) => o.cases.iter().for_each(|p| each_mut_binding(p, f)),
+        _ => {}
+    }
+}
+
+/// A type as the user would write it: `Vec<i64>`, not `Vec < i64 >`.
+fn type_text(ty: &Type) -> String {
+    let mut text = quote::ToTokens::to_token_stream(ty).to_string();
+    for (from, to) in [
+        (" <", "<"),
+        ("< ", "<"),
+        (" >", ">"),
+        (" ,", ","),
+        ("& ", "&"),
+        (" :: ", "::"),
+    ] {
+        text = text.replace(from, to);
+    }
+    text
 }
