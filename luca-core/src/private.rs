@@ -76,22 +76,23 @@ pub fn classifier<R, C: Fn(&R) -> Outcome>(_first: &R, classify: C) -> C {
 ///
 /// Kept out of line (and marked cold) so the function's success path is the hand-written
 /// body plus one branch: no schedule, no captured-argument spills, no copy of the result.
+/// The attempt comes as `&mut dyn FnMut`: the expansion's cast to it is where a body that
+/// consumes an argument fails to compile, with no bound of this function in the message.
 #[cold]
 #[inline(never)]
 #[allow(clippy::too_many_arguments)]
-pub fn retry_sync_after_error<R, F, C>(
+pub fn retry_sync_after_error<R, C>(
     first: R::Error,
     policy: &RetryPolicy,
     function: &'static str,
     location: &'static Location<'static>,
     hook: Option<RetryHook>,
     started: Option<Instant>,
-    mut attempt: F,
+    attempt: &mut dyn FnMut() -> R,
     classify: C,
 ) -> R
 where
     R: DbResult,
-    F: FnMut() -> R,
     C: Fn(&R) -> Outcome,
 {
     let first = R::__luca_fail(first);
@@ -144,6 +145,7 @@ pub trait DbResult: Sized {
     fn __luca_fail(err: Self::Error) -> Self;
 }
 
+#[diagnostic::do_not_recommend]
 impl<T, E> DbResult for Result<T, E> {
     type Ok = T;
     type Error = E;

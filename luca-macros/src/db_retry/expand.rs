@@ -61,6 +61,7 @@ pub(crate) fn expand(f: &Function, args: &Args) -> TokenStream {
     let inner_attrs = &body.inner_attrs;
 
     let attempt_fn = quote::format_ident!("__luca_attempt", span = Span::mixed_site());
+    let again = quote::format_ident!("__luca_again", span = Span::mixed_site());
     let classify_fn = quote::format_ident!("__luca_classify", span = Span::mixed_site());
     let code = quote::format_ident!("__luca_code", span = Span::mixed_site());
     let started = quote::format_ident!("__luca_started", span = Span::mixed_site());
@@ -70,7 +71,18 @@ pub(crate) fn expand(f: &Function, args: &Args) -> TokenStream {
     // Classifies one attempt's result. The autoref-specialised call picks `Retryable`,
     // then the `source()` walk, then a fallback that fails to compile with `Retryable`'s
     // diagnostic; spans point at the error type.
-    let err_of = quote_spanned!(ret_span => #p::DbResult::__luca_err(#r));
+    //
+    // A return type that is not a `Result` (through an alias the syntactic check cannot
+    // see) fails `DbResult` here: the argument is located at the return type, so that is
+    // where the error points.
+    let ret_whole = ret.span_of();
+    let r_at_ret =
+        quote::format_ident!("__luca_r", span = Span::mixed_site().located_at(ret_whole));
+    let result_at_ret = quote::format_ident!(
+        "__luca_result",
+        span = Span::mixed_site().located_at(ret_whole)
+    );
+    let err_of = quote_spanned!(ret_whole => #p::DbResult::__luca_err(#r_at_ret));
     let busy_code = quote_spanned! {ret_span=>
         #p::IntoBusyCode::__luca_code((&&#p::Wrap(#error)).__luca_busy_code())
     };
@@ -154,14 +166,20 @@ pub(crate) fn expand(f: &Function, args: &Args) -> TokenStream {
             let #result #annotation = #attempt_fn();
             // Success leaves through a fresh `Ok`, written straight into the caller's
             // return slot; any error goes to the out-of-line retry path.
-            match #p::DbResult::__luca_into(#result) {
+            match #p::DbResult::__luca_into(#result_at_ret) {
                 ::core::result::Result::Ok(__luca_ok) => #p::DbResult::__luca_ok(__luca_ok),
-                ::core::result::Result::Err(#error) => #p::retry_sync_after_error(
-                    #error,
-                    &__LUCA_POLICY, #function, #location, #hook, #started,
-                    #attempt_fn,
-                    #classify_closure,
-                ),
+                ::core::result::Result::Err(#error) => {
+                    // Moved out only here, so the closure stays in registers on the
+                    // success path. The cast is where a body that consumes an argument
+                    // (a closure that is only `FnOnce`) is rejected.
+                    let mut #again = #attempt_fn;
+                    #p::retry_sync_after_error(
+                        #error,
+                        &__LUCA_POLICY, #function, #location, #hook, #started,
+                        &mut #again as &mut dyn ::core::ops::FnMut() -> _,
+                        #classify_closure,
+                    )
+                }
             }
         }
     };

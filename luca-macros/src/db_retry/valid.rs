@@ -36,6 +36,15 @@ pub(crate) fn check(f: &Function) -> syn::Result<()> {
             ),
         )),
         ReturnType::Type(_, ty) => match peel(ty) {
+            Type::Path(p) if p.qself.is_none() && is_surely_not_result(&p.path) => {
+                let text = type_text(ty);
+                Err(syn::Error::new_spanned(
+                    ty,
+                    format!(
+                        "`#[db_retry]` needs a function that returns `Result<T, E>`, not `{text}`; return `rusqlite::Result<{text}>`, `luca_core::Result<{text}>` or `Result<{text}, YourError>` and wrap the value in `Ok(…)`"
+                    ),
+                ))
+            }
             Type::Path(_) | Type::Macro(_) => Ok(()),
             other => Err(syn::Error::new_spanned(
                 other,
@@ -139,4 +148,46 @@ fn type_text(ty: &Type) -> String {
         text = text.replace(from, to);
     }
     text
+}
+
+/// A path whose last segment names a well-known type that is not a `Result`: a primitive,
+/// `String`, `Option`, a collection or smart pointer. Anything else may be an alias of
+/// `Result`, and is left to the type check.
+fn is_surely_not_result(path: &syn::Path) -> bool {
+    const NOT_RESULT: &[&str] = &[
+        "bool",
+        "char",
+        "str",
+        "i8",
+        "i16",
+        "i32",
+        "i64",
+        "i128",
+        "isize",
+        "u8",
+        "u16",
+        "u32",
+        "u64",
+        "u128",
+        "usize",
+        "f32",
+        "f64",
+        "String",
+        "Option",
+        "Vec",
+        "VecDeque",
+        "Box",
+        "Rc",
+        "Arc",
+        "Cow",
+        "HashMap",
+        "BTreeMap",
+        "HashSet",
+        "BTreeSet",
+        "Poll",
+        "ControlFlow",
+    ];
+    path.segments
+        .last()
+        .is_some_and(|s| NOT_RESULT.contains(&s.ident.to_string().as_str()))
 }
