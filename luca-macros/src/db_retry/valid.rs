@@ -36,6 +36,15 @@ pub(crate) fn check(f: &Function) -> syn::Result<()> {
             ),
         )),
         ReturnType::Type(_, ty) => match peel(ty) {
+            Type::Path(p)
+                if sig.asyncness.is_none()
+                    && p.path.segments.last().is_some_and(|s| s.ident == "Pin") =>
+            {
+                Err(syn::Error::new_spanned(
+                    ty,
+                    "`#[db_retry]` needs an `async fn` or a function that returns `Result<T, E>`, not a boxed future; `#[async_trait]` turns `async fn` into this shape before `#[db_retry]` sees it: put `#[db_retry]` on an inherent or free `async fn` and call that from the trait method (or use a native `async fn` in the trait)",
+                ))
+            }
             Type::Path(p) if p.qself.is_none() && is_surely_not_result(&p.path) => {
                 let text = type_text(ty);
                 Err(syn::Error::new_spanned(

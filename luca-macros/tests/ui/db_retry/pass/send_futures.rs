@@ -38,6 +38,19 @@ impl Repo {
     }
 }
 
+// A native `async fn` in a trait takes the attribute like any method.
+trait Counts {
+    async fn total(&mut self) -> rusqlite::Result<i64>;
+}
+
+impl Counts for Repo {
+    #[db_retry]
+    async fn total(&mut self) -> rusqlite::Result<i64> {
+        std::future::ready(()).await;
+        self.conn.query_row("SELECT 2", [], |r| r.get(0))
+    }
+}
+
 fn main() {
     let (tx, rx) = std::sync::mpsc::channel();
     tx.send(1).unwrap();
@@ -48,4 +61,5 @@ fn main() {
         conn: Connection::open_in_memory().unwrap(),
     };
     assert_send(&repo.count());
+    assert_send(&repo.total());
 }
