@@ -25,6 +25,35 @@ pub use metrics::metrics;
 /// `on_retry = path::to::hook` (a `fn(&luca_core::retry::RetryEvent)`), and
 /// `crate = "path"` when `luca_core` is re-exported under another name.
 ///
+/// # Rules
+///
+/// - **One attempt is the whole body, and it may run again.** So the body must not
+///   consume a by-value argument (clone it, or take it by reference), cannot return a
+///   `&mut` borrow of an argument, and no parameter may be a `mut` binding
+///   (`mut rows: Vec<Row>`, `mut self`): what a failed attempt changed in it would carry
+///   over into the next one (a drained vector would be retried empty and report success).
+///   Each is a compile error; take the argument by reference, or remove `mut` and clone
+///   it inside the body (`let mut rows = rows.clone();`).
+/// - **Any executor.** An `async fn` sleeps between attempts on tokio's timer when it
+///   runs inside a tokio runtime (paused-clock tests see the schedule exactly; the
+///   runtime needs its timer enabled, as for any `tokio::time::sleep`), and on a
+///   runtime-neutral timer under any other executor (`futures::executor::block_on`,
+///   smol, …): one background thread, started at the first such sleep. Its future is
+///   `Send` whenever the function's would be without the attribute.
+/// - **Errors.** The error type may implement [`retry::Retryable`] or be an
+///   `Error + 'static` whose `source()` chain holds a `rusqlite::Error` or the
+///   `rusqlite::ffi::Error` inside one — thiserror's `#[error(transparent)]` forwards
+///   `source()` to the latter — also inside `Box<dyn Error>` and `anyhow::Error`.
+/// - **Order with other attributes.** Write `#[db_retry]` above `#[tracing::instrument]`:
+///   it keeps `#[instrument]` on the function it generates, so one span covers the whole
+///   call, retries included. Below it, `#[instrument]` would rewrite the body first: each
+///   attempt would get its own span, and its `async move` would move by-value arguments
+///   into the first attempt. `#[async_trait]` turns each `async fn` into a function
+///   returning a boxed future before `#[db_retry]` sees it, which is rejected: put
+///   `#[db_retry]` on an inherent or free `async fn` and call it from the trait method,
+///   or use a native `async fn` in the trait, on which `#[db_retry]` works as on any
+///   method.
+///
 /// ```
 /// use luca_core::db_retry;
 /// use luca_core::rusqlite::Connection;

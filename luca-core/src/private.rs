@@ -33,7 +33,8 @@ pub fn now_sync() -> Instant {
     Instant::now()
 }
 
-/// The monotonic clock of async code: tokio's, so paused-time tests control it.
+/// The monotonic clock of async code: tokio's, so paused-time tests control it (outside a
+/// tokio runtime it is the system's monotonic clock).
 #[inline]
 pub fn now_async() -> Instant {
     tokio::time::Instant::now().into_std()
@@ -45,10 +46,11 @@ pub fn sleep_sync(delay: Duration) {
     std::thread::sleep(delay);
 }
 
-/// Async backoff sleep on tokio's timer.
+/// Async backoff sleep: tokio's timer inside a tokio runtime (paused-clock tests see it),
+/// a runtime-neutral timer thread under any other executor.
 #[inline]
-pub fn sleep_async(delay: Duration) -> tokio::time::Sleep {
-    tokio::time::sleep(delay)
+pub fn sleep_async(delay: Duration) -> impl std::future::Future<Output = ()> + Send {
+    crate::retry::sleep(delay)
 }
 
 /// What one attempt of a `#[db_retry]` function ended with.
@@ -74,22 +76,23 @@ pub fn classifier<R, C: Fn(&R) -> Outcome>(_first: &R, classify: C) -> C {
 ///
 /// Kept out of line (and marked cold) so the function's success path is the hand-written
 /// body plus one branch: no schedule, no captured-argument spills, no copy of the result.
+/// The attempt comes as `&mut dyn FnMut`: the expansion's cast to it is where a body that
+/// consumes an argument fails to compile, with no bound of this function in the message.
 #[cold]
 #[inline(never)]
 #[allow(clippy::too_many_arguments)]
-pub fn retry_sync_after_error<R, F, C>(
+pub fn retry_sync_after_error<R, C>(
     first: R::Error,
     policy: &RetryPolicy,
     function: &'static str,
     location: &'static Location<'static>,
     hook: Option<RetryHook>,
     started: Option<Instant>,
-    mut attempt: F,
+    attempt: &mut dyn FnMut() -> R,
     classify: C,
 ) -> R
 where
     R: DbResult,
-    F: FnMut() -> R,
     C: Fn(&R) -> Outcome,
 {
     let first = R::__luca_fail(first);
@@ -142,6 +145,7 @@ pub trait DbResult: Sized {
     fn __luca_fail(err: Self::Error) -> Self;
 }
 
+#[diagnostic::do_not_recommend]
 impl<T, E> DbResult for Result<T, E> {
     type Ok = T;
     type Error = E;

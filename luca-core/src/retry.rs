@@ -210,7 +210,10 @@ const MAX_SOURCE_DEPTH: usize = 64;
 /// Finds a SQLite busy/locked condition anywhere in an error's `source()` chain.
 ///
 /// Looks at the error itself and then at each `source()` in turn (at most 64 levels),
-/// and answers for the first [`rusqlite::Error`] or [`crate::Error`] it meets. A
+/// and answers for the first [`rusqlite::Error`], [`rusqlite::ffi::Error`] or
+/// [`crate::Error`] it meets. The `ffi::Error` is what a chain holds when a wrapper
+/// forwards `source()` past the `rusqlite::Error` (thiserror's `#[error(transparent)]`
+/// does: its `source()` is the `rusqlite::Error`'s own, the inner `ffi::Error`). A
 /// [`std::io::Error`] is looked through to the error it wraps (its own `source()` skips it).
 ///
 /// ```
@@ -240,6 +243,9 @@ pub fn classify(error: &(dyn StdError + 'static)) -> Option<BusyCode> {
         let e = current?;
         if let Some(e) = e.downcast_ref::<rusqlite::Error>() {
             return e.busy_code();
+        }
+        if let Some(e) = e.downcast_ref::<rusqlite::ffi::Error>() {
+            return BusyCode::from_extended(e.extended_code);
         }
         if let Some(e) = e.downcast_ref::<crate::Error>() {
             return e.busy_code();
@@ -659,8 +665,14 @@ where
 }
 
 /// Async [`retry_sync`]: runs the future `attempt` returns until it succeeds, fails with
-/// an error that is not busy/locked, or the policy gives up. Sleeps with tokio's timer (so
-/// it never blocks a worker thread, and paused-time tests see the schedule exactly).
+/// an error that is not busy/locked, or the policy gives up.
+///
+/// Works under any executor. Inside a tokio runtime it sleeps on tokio's timer (so it
+/// never blocks a worker thread, and paused-time tests see the schedule exactly); the
+/// runtime must then have its timer enabled (`enable_time` or `enable_all`), as for any
+/// `tokio::time::sleep`. Under any other executor (`futures::executor::block_on`, smol,
+/// …) it sleeps on a runtime-neutral timer: one background thread, started at the first
+/// such sleep, wakes the task when its delay is over.
 #[track_caller]
 pub fn retry_async<T, E, F, Fut>(
     policy: &RetryPolicy,
@@ -680,11 +692,190 @@ where
             if let Err(e) = &result
                 && let Some(delay) = schedule.on_error(e.busy_code(), crate::__private::now_async)
             {
-                tokio::time::sleep(delay).await;
+                sleep(delay).await;
                 continue;
             }
             schedule.finish(result.is_ok());
             return result;
+        }
+    }
+}
+
+/// The backoff sleep of async retries: tokio's timer when the caller runs inside a tokio
+/// runtime, the runtime-neutral [`timer`] otherwise.
+pub(crate) async fn sleep(delay: Duration) {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        tokio::time::sleep(delay).await;
+    } else {
+        timer::Sleep::new(delay).await;
+    }
+}
+
+/// A timer that needs no async runtime: one background thread keeps the pending
+/// deadlines in a heap and wakes each sleeping task when its deadline passes.
+mod timer {
+    use std::cmp::Ordering;
+    use std::collections::BinaryHeap;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+    use std::task::{Context, Poll, Waker};
+    use std::time::{Duration, Instant};
+
+    /// One sleep's state, shared between the future and the timer thread.
+    #[derive(Default)]
+    struct Slot {
+        done: bool,
+        waker: Option<Waker>,
+    }
+
+    struct Entry {
+        at: Instant,
+        seq: u64,
+        slot: Arc<Mutex<Slot>>,
+    }
+
+    impl PartialEq for Entry {
+        fn eq(&self, other: &Self) -> bool {
+            (self.at, self.seq) == (other.at, other.seq)
+        }
+    }
+
+    impl Eq for Entry {}
+
+    impl PartialOrd for Entry {
+        fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+            Some(self.cmp(other))
+        }
+    }
+
+    impl Ord for Entry {
+        /// Reversed, so the `BinaryHeap` (a max-heap) yields the earliest deadline first.
+        fn cmp(&self, other: &Self) -> Ordering {
+            (other.at, other.seq).cmp(&(self.at, self.seq))
+        }
+    }
+
+    #[derive(Default)]
+    struct Queue {
+        heap: BinaryHeap<Entry>,
+        next_seq: u64,
+    }
+
+    struct Timer {
+        queue: Mutex<Queue>,
+        changed: Condvar,
+    }
+
+    fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The timer thread, started on first use; `None` if the thread could not be spawned.
+    fn timer() -> Option<&'static Timer> {
+        static TIMER: OnceLock<Option<&'static Timer>> = OnceLock::new();
+        *TIMER.get_or_init(|| {
+            let timer: &'static Timer = Box::leak(Box::new(Timer {
+                queue: Mutex::new(Queue::default()),
+                changed: Condvar::new(),
+            }));
+            std::thread::Builder::new()
+                .name("luca-retry-timer".into())
+                .spawn(move || run(timer))
+                .ok()
+                .map(|_| timer)
+        })
+    }
+
+    fn run(timer: &Timer) {
+        let mut queue = lock(&timer.queue);
+        loop {
+            let now = Instant::now();
+            while queue.heap.peek().is_some_and(|e| e.at <= now) {
+                if let Some(entry) = queue.heap.pop() {
+                    let waker = {
+                        let mut slot = lock(&entry.slot);
+                        slot.done = true;
+                        slot.waker.take()
+                    };
+                    if let Some(waker) = waker {
+                        waker.wake();
+                    }
+                }
+            }
+            queue = match queue.heap.peek().map(|e| e.at) {
+                Some(at) => {
+                    let wait = at.saturating_duration_since(now);
+                    timer
+                        .changed
+                        .wait_timeout(queue, wait)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+                None => timer
+                    .changed
+                    .wait(queue)
+                    .unwrap_or_else(PoisonError::into_inner),
+            };
+        }
+    }
+
+    /// Completes once `delay` has passed since its first poll.
+    pub(super) struct Sleep {
+        delay: Duration,
+        slot: Option<Arc<Mutex<Slot>>>,
+    }
+
+    impl Sleep {
+        pub(super) fn new(delay: Duration) -> Sleep {
+            Sleep { delay, slot: None }
+        }
+    }
+
+    impl Future for Sleep {
+        type Output = ();
+
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            if let Some(slot) = &self.slot {
+                let mut slot = lock(slot);
+                if slot.done {
+                    return Poll::Ready(());
+                }
+                if !slot.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    slot.waker = Some(cx.waker().clone());
+                }
+                return Poll::Pending;
+            }
+            if self.delay.is_zero() {
+                return Poll::Ready(());
+            }
+            let Some(at) = Instant::now().checked_add(self.delay) else {
+                // Further away than the clock can count: it never ends.
+                return Poll::Pending;
+            };
+            let Some(timer) = timer() else {
+                // No thread could be started to wake us: block for the delay instead,
+                // which is late for the executor but still correct.
+                std::thread::sleep(self.delay);
+                return Poll::Ready(());
+            };
+            let slot = Arc::new(Mutex::new(Slot {
+                done: false,
+                waker: Some(cx.waker().clone()),
+            }));
+            {
+                let mut queue = lock(&timer.queue);
+                let seq = queue.next_seq;
+                queue.next_seq = seq.wrapping_add(1);
+                queue.heap.push(Entry {
+                    at,
+                    seq,
+                    slot: Arc::clone(&slot),
+                });
+            }
+            timer.changed.notify_one();
+            self.slot = Some(slot);
+            Poll::Pending
         }
     }
 }

@@ -87,7 +87,18 @@ fn no_such_table_is_not_retried() {
     assert!(err.to_string().contains("no such table"), "{err}");
 }
 
-#[db_retry(max_retries = 50, delay_ms = 5, max_delay_ms = 20)]
+/// The write lock `write_through_lock` meets; its retry hook releases it, so the first
+/// attempt always fails busy and the second always finds the lock free.
+static HELD_LOCK: std::sync::Mutex<Option<WriteLock>> = std::sync::Mutex::new(None);
+
+fn release_held_lock(event: &luca_core::retry::RetryEvent) {
+    assert_eq!(event.code, BusyCode::Busy, "{event:?}");
+    if let Some(lock) = HELD_LOCK.lock().unwrap().take() {
+        lock.release().unwrap();
+    }
+}
+
+#[db_retry(max_retries = 50, delay_ms = 5, max_delay_ms = 20, on_retry = release_held_lock)]
 fn write_through_lock(conn: &Connection, calls: &AtomicU32) -> rusqlite::Result<()> {
     calls.fetch_add(1, Ordering::SeqCst);
     conn.execute("INSERT INTO t (v) VALUES (1)", [])?;
@@ -98,14 +109,14 @@ fn write_through_lock(conn: &Connection, calls: &AtomicU32) -> rusqlite::Result<
 fn write_lock_is_retried_and_succeeds_once_released() {
     let db = TempDb::new();
     let conn = open(&db);
-    let lock = WriteLock::hold(db.path()).unwrap();
-    let releaser = lock.release_after(Duration::from_millis(60));
+    *HELD_LOCK.lock().unwrap() = Some(WriteLock::hold(db.path()).unwrap());
     let calls = AtomicU32::new(0);
     write_through_lock(&conn, &calls).unwrap();
-    releaser.join().unwrap().unwrap();
-    assert!(
-        calls.load(Ordering::SeqCst) >= 2,
-        "the held lock forced at least one retry"
+    assert!(HELD_LOCK.lock().unwrap().is_none(), "the retry hook ran");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "the held lock failed the first attempt; the second found it released"
     );
     let n: i64 = conn
         .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
@@ -113,7 +124,7 @@ fn write_lock_is_retried_and_succeeds_once_released() {
     assert_eq!(n, 1);
 }
 
-#[db_retry(max_retries = 1000, delay_ms = 10, jitter = "none", deadline_ms = 80)]
+#[db_retry(max_retries = 1000, delay_ms = 20, jitter = "none", deadline_ms = 290)]
 fn always_busy(calls: &AtomicU32) -> rusqlite::Result<()> {
     calls.fetch_add(1, Ordering::SeqCst);
     Err(busy())
@@ -126,9 +137,12 @@ fn deadline_stops_early() {
     let err = always_busy(&calls).unwrap_err();
     let elapsed = start.elapsed();
     assert_eq!(err.busy_code(), Some(BusyCode::Busy));
-    // 10 + 20 + 40 = 70 ms fit in 80 ms; the next delay (80 ms) would pass the deadline.
+    // Retry n may start only if (time so far) + 20·2^n ms stays within 290 ms. The third
+    // retry (80 ms) is allowed as long as the first two sleeps (20 + 40 ms) overran by less
+    // than 150 ms in all; the fourth (160 ms) never is, since the three sleeps before it
+    // took at least 140 ms and 140 + 160 > 290. So: 4 attempts, then the deadline.
     assert_eq!(calls.load(Ordering::SeqCst), 4);
-    assert!(elapsed >= Duration::from_millis(70), "{elapsed:?}");
+    assert!(elapsed >= Duration::from_millis(140), "{elapsed:?}");
 }
 
 /// A read-then-write transaction: the stale snapshot can only be cured by re-running the

@@ -276,9 +276,15 @@ fn backoff_saturates_without_panicking() {
                 let policy = policy.with_jitter(jitter);
                 let (lo, hi) = policy.delay_bounds(n, Duration::MAX);
                 assert!(lo <= hi, "{jitter} n {n}: {lo:?} > {hi:?}");
-                // Must not panic, whatever it draws.
-                let _ = policy.delay_for(n, Duration::MAX);
-                let _ = policy.delay_for(n, Duration::ZERO);
+                // Must not panic, whatever it draws, and must stay within its bounds.
+                for previous in [Duration::MAX, Duration::ZERO] {
+                    let (lo, hi) = policy.delay_bounds(n, previous);
+                    let d = policy.delay_for(n, previous);
+                    assert!(
+                        lo <= d && d <= hi,
+                        "{jitter} n {n} previous {previous:?}: {d:?} outside [{lo:?}, {hi:?}]"
+                    );
+                }
             }
         }
     }
