@@ -372,13 +372,13 @@ fn accessors(p: &TokenStream, type_name: &str, f: &Field) -> TokenStream {
             );
             let d_with = docs(
                 format!(
-                    "Runs `f` on `{name}` under its lock and returns what `f` returns.\n\n`f` is a plain closure, so the lock can never be held across an `.await`. Calling an accessor of `{name}` from inside `f` panics (it would deadlock); a panic in `f` leaves the value as `f` left it, and the lock usable."
+                    "Runs `f` on `{name}` under its lock and returns what `f` returns.\n\n`f` is a plain closure, so the lock can never be held across an `.await`. Inside `f`, only the plain fields declared after `{name}` may be locked (the lock order that keeps nested accessors free of deadlocks); calling an accessor of `{name}` itself, or of a plain field declared before it (of this or another value of the struct), panics at once. A panic in `f` leaves the value as `f` left it, and the lock usable."
                 ),
                 field_docs,
             );
             let d_update = docs(
                 format!(
-                    "Runs `f` on `{name}` under its lock, with write access, and returns what `f` returns.\n\n`f` is a plain closure, so the lock can never be held across an `.await`. Calling an accessor of `{name}` from inside `f` panics (it would deadlock); a panic in `f` leaves the value as `f` left it, and the lock usable."
+                    "Runs `f` on `{name}` under its lock, with write access, and returns what `f` returns.\n\n`f` is a plain closure, so the lock can never be held across an `.await`. Inside `f`, only the plain fields declared after `{name}` may be locked (the lock order that keeps nested accessors free of deadlocks); calling an accessor of `{name}` itself, or of a plain field declared before it (of this or another value of the struct), panics at once. A panic in `f` leaves the value as `f` left it, and the lock usable."
                 ),
                 field_docs,
             );
