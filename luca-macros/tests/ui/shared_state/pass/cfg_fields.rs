@@ -1,6 +1,7 @@
 // `#[cfg]` on a field goes with every item generated for it: a field compiled out takes
 // its accessors, its `new` parameter, its `Default`, `Debug` and `global` parts, its
-// member of the `…Fields` view and its lock in `update` with it.
+// member of the `…Fields` view and its lock in `update` with it. `#[cfg(all())]` is always
+// on, `#[cfg(any())]` always off.
 use luca_core::shared_state;
 
 /// A type that exists only when the field that uses it is compiled in.
@@ -25,8 +26,9 @@ pub struct Flags {
     off_mostly: OnlyWhenOn,
     #[shared(read_mostly)]
     always: u8,
-    #[cfg_attr(any(), shared(counter))]
-    plain_unless_off: u64,
+    /// `cfg_attr` stays on the stored field only.
+    #[cfg_attr(all(), allow(unused))]
+    tagged: u64,
 }
 
 fn main() {
@@ -34,10 +36,10 @@ fn main() {
     assert_eq!(f.on(), vec![1]);
     assert_eq!(f.incr_on_counter(), 3);
     assert_eq!(*f.always(), 3);
-    assert_eq!(f.update(|v| v.on.len() as u64 + *v.plain_unless_off), 5);
+    assert_eq!(f.update(|v| v.on.len() as u64 + *v.tagged), 5);
     assert_eq!(
         format!("{f:?}"),
-        "Flags { on: [1], on_counter: 3, always: 3, plain_unless_off: 4 }"
+        "Flags { on: [1], on_counter: 3, always: 3, tagged: 4 }"
     );
     assert_eq!(Flags::default().on_counter(), 0);
     assert_eq!(Flags::global().poison_count(), 0);
