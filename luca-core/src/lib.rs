@@ -101,7 +101,8 @@ pub use luca_macros::db_retry;
 ///   (use the view it receives);
 /// - the order is per struct *type*: with two values `a` and `b` of one struct, `a.x`
 ///   inside `b.y` follows the same rule as inside `a.y`, and the same field of two values
-///   cannot be nested at all (nothing orders the values; copy one value out first);
+///   cannot be nested at all (nothing orders the values; copy one value out first); all
+///   instantiations of a generic struct count as one type;
 /// - `#[shared(counter)]` and `#[shared(read_mostly)]` fields hold no lock and take no
 ///   part: they can be used anywhere, in any order (a read-mostly field written from inside
 ///   its own `update_` closure still panics, as that update would retry forever);

@@ -857,6 +857,14 @@ fn generic_structs() {
         format!("{d:?}"),
         r#"Cache { entries: {"x": 1}, label: "" }"#
     );
+    // Every instantiation of a generic struct shares one lock order.
+    let msg = panic_of(|| {
+        c.with_entries(|_| d.with_entries(|_| ()));
+    });
+    assert!(
+        msg.starts_with("lock order: `Cache::entries` of another `Cache` is held"),
+        "{msg}"
+    );
 }
 
 // --- read-mostly per-thread cache --------------------------------------------------------
