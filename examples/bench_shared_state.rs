@@ -66,6 +66,7 @@ struct Config {
 }
 
 #[shared_state]
+#[derive(Default)]
 struct State {
     #[shared(read_mostly)]
     config: Config,

@@ -91,20 +91,55 @@ pub use luca_macros::db_retry;
 ///   keeps the last value it read (until it reads the field again or exits), whereas
 ///   `config()` clones an `Arc`, an atomic increment on a count every reader shares.
 ///
-/// Also generated: `new(…)` taking every field in declaration order; `update(|fields| …)`
-/// running a closure over a `<Name>Fields<'_>` view with every lock-guarded field locked
-/// at once (locks are taken in declaration order, so two of them never deadlock);
-/// `poison_count()`; `Default` when every field type has one; a `Debug` that never blocks
-/// (a field whose lock is held prints as `<locked>`). `#[shared_state(global)]` adds
-/// `Name::global() -> &'static Name`, built with `Default` on first use, exactly once.
-/// `#[shared_state(crate = "path")]` names `luca_core` when it is re-exported under
-/// another path. Visibility, generics and doc comments of the struct and of each field are
-/// kept (a field's docs are carried to its accessors).
+/// Also generated: `new(…)` taking every field in declaration order, with the narrowest
+/// visibility of the fields (a `pub` struct with a private field gets a private `new`:
+/// code that may not name a field may not set it either); `update(|fields| …)` running a
+/// closure over a `<Name>Fields<'_>` view with every lock-guarded field locked at once
+/// (locks are taken in declaration order); `poison_count()`. `Debug` and `Default` are
+/// generated only when asked for with `#[derive(Debug)]` / `#[derive(Default)]` on the
+/// struct: the macro takes those derives over, `Default` building every field with its
+/// type's `Default`, and `Debug` never blocking (a field whose lock is held prints as
+/// `<locked>`); either holds when the fields' types have the trait. Other derives
+/// (`Clone`, `PartialEq`, …) are refused: the fields are behind locks.
+/// `#[shared_state(global)]` adds `Name::global() -> &'static Name`, built on first use,
+/// exactly once, with every field set to its type's `Default` (the struct needs no
+/// `#[derive(Default)]` for it). `#[shared_state(crate = "path")]` names `luca_core` when
+/// it is re-exported under another path. Visibility, generics and doc comments of the
+/// struct and of each field are kept (a field's docs are carried to its accessors), and a
+/// field's `#[cfg(…)]` goes with everything generated for it (its accessors, `new`
+/// parameter, `Debug` line, view member), so a field can depend on a feature;
+/// `#[cfg_attr(…)]` stays on the stored field only.
 ///
 /// A closure that panics does not brick its field: the value is kept as the closure left
-/// it and the recovery is counted in `poison_count()`. Calling an accessor of a field from
-/// inside a closure that holds that same field's lock panics with a message naming the
-/// struct and field, instead of deadlocking.
+/// it and the recovery is counted in `poison_count()`.
+///
+/// # Lock order: nested accessors cannot deadlock
+///
+/// Accessors may be nested (one called from inside another's closure) only **in
+/// declaration order**: while a closure holds the lock of a field, it may lock the fields
+/// declared after it, not those declared before it nor the same one. The rule is checked
+/// on every nested call, before any waiting, and not only when two threads happen to
+/// collide: breaking it panics at once, naming both fields, e.g. "lock order:
+/// `RunState::failures` is held while `RunState::hosts` is locked; nest accessors in
+/// declaration order (`hosts` before `failures`) or use `update(|fields| …)`". Since every
+/// thread then takes the locks of a struct in one order, no two threads can each hold a
+/// lock the other waits for. Specifically:
+///
+/// - re-entering a field from its own closure (which would wait for itself) panics too,
+///   naming the field; so does calling a field's accessor inside `update(|fields| …)`
+///   (use the view it receives);
+/// - the order is per struct *type*: with two values `a` and `b` of one struct, `a.x`
+///   inside `b.y` follows the same rule as inside `a.y`, and the same field of two values
+///   cannot be nested at all (nothing orders the values; copy one value out first); all
+///   instantiations of a generic struct count as one type;
+/// - `#[shared(counter)]` and `#[shared(read_mostly)]` fields hold no lock and take no
+///   part: they can be used anywhere, in any order (a read-mostly field written from inside
+///   its own `update_` closure still panics, as that update would retry forever);
+/// - locks of two *different* `#[shared_state]` structs are not ordered against each other:
+///   a program that nests them must keep one order itself.
+///
+/// Accessors that can panic are `#[track_caller]`, so the panic points at the caller's
+/// line.
 ///
 /// ```
 /// use std::collections::HashMap;
@@ -115,7 +150,10 @@ pub use luca_macros::db_retry;
 /// pub struct Limits { pub per_host: usize }
 ///
 /// #[shared_state(global)]
+/// #[derive(Debug)]
 /// pub struct RunState {
+///     /// Hosts contacted, in order.
+///     pub hosts: Vec<String>,
 ///     /// Failures seen per host.
 ///     pub failures: HashMap<String, u32>,
 ///     #[shared(counter)]
@@ -135,10 +173,22 @@ pub use luca_macros::db_retry;
 /// state.update_limits(|l| Limits { per_host: l.per_host * 2 });
 /// assert_eq!(state.with_limits(|l| l.per_host), 8);
 ///
+/// // Nested in declaration order (`hosts` before `failures`): fine.
+/// let seen = state.with_hosts(|h| state.with_failures(|f| h.len() + f.len()));
+/// assert_eq!(seen, 1);
+/// // Against it: panics at once, whether or not another thread is around.
+/// let refused = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+///     state.with_failures(|_| state.hosts())
+/// }));
+/// assert!(refused.is_err());
+///
 /// // Several fields changed together, under all their locks.
-/// state.update(|fields| fields.failures.clear());
+/// state.update(|fields| {
+///     fields.hosts.push("example.org".into());
+///     fields.failures.clear();
+/// });
 /// assert!(state.failures().is_empty());
-/// assert!(format!("{state:?}").starts_with("RunState { failures: {}, requests: 10"));
+/// assert!(format!("{state:?}").starts_with("RunState { hosts: [\"example.org\"], failures: {}, requests: 10"));
 /// ```
 pub use luca_macros::shared_state;
 

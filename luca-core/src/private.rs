@@ -239,6 +239,7 @@ impl<E: crate::retry::Retryable + ?Sized> IntoBusyCode for Unclassified<'_, E> {
 // --- `#[shared_state]` ------------------------------------------------------------------
 
 pub use crate::shared::{
-    Counter, CounterInt, DebugLocked, Global, GlobalField, Guard, Locked, ReadMostly, Site,
+    Counter, CounterInt, DebugLocked, Global, GlobalField, Guard, LockOrder, Locked, ReadMostly,
+    Site,
 };
 pub use std::sync::Arc;

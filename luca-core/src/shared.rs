@@ -4,11 +4,33 @@
 //! API. Three kinds of storage:
 //!
 //! - [`Locked`]: a plain field behind its own mutex. The lock recovers from poisoning
-//!   (counting each recovery) and detects re-entrancy: the owning thread's id is stored
-//!   next to the mutex, so locking it again from the same thread panics with a message
-//!   naming the struct and field instead of deadlocking.
+//!   (counting each recovery) and checks, on every call and before it waits, the rule that
+//!   makes nested locks deadlock-free (see below).
 //! - [`Counter`]: an integer field as an atomic.
 //! - [`ReadMostly`]: a field behind an [`arc_swap::ArcSwap`], read without any lock.
+//!
+//! # The lock order
+//!
+//! Each thread keeps a short list of the [`Locked`] fields it holds right now (pushed by
+//! [`Locked::lock`], removed when the [`Guard`] drops). Taking the lock of field `i` of a
+//! struct while the same thread holds field `j >= i` of the *same struct type* (any value
+//! of it: the order is per type, not per value) panics at once, naming both fields:
+//!
+//! - `j == i` on the same value is re-entrancy: the thread would wait for itself;
+//! - `j > i` is nesting against declaration order: a thread nesting in declaration order
+//!   could hold `i` and wait for `j`, a deadlock that would only show under contention;
+//! - `j == i` on another value of the type: two threads nesting the same field of two
+//!   values in opposite orders deadlock just the same, and no order between values is
+//!   visible to the program, so this is refused too.
+//!
+//! Since every thread then takes the locks of one struct type in strictly increasing
+//! declaration order, no cycle of waits, and so no deadlock, can form among them.
+//! `update(|fields| …)` takes its locks in that order too. Counters and read-mostly fields
+//! hold no lock and take no part. Locks of two *different* `#[shared_state]` types are not
+//! ordered against each other: a program that nests them must keep one order itself.
+//!
+//! The check costs one thread-local access on lock and one on unlock, and is skipped on
+//! a thread whose thread-locals are already torn down (in a thread-local's destructor).
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
@@ -21,39 +43,61 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError};
 
 use arc_swap::ArcSwap;
 
-/// Names a field in a re-entrancy panic: `Struct::field`.
+/// Names a field in a panic message (`Struct::field`) and gives its place in the lock
+/// order.
 #[derive(Debug)]
 pub struct Site {
     /// The struct's name.
     pub ty: &'static str,
     /// The field's name.
     pub field: &'static str,
+    /// The field's position in the struct's declaration, from 0.
+    pub index: u32,
 }
 
-/// Thread ids for re-entrancy checks: small integers, assigned on first use, never 0.
-static NEXT_THREAD: AtomicU64 = AtomicU64::new(1);
+/// The identity of one `#[shared_state]` struct in the lock-order check: the generated
+/// code keeps one `static` of it per struct definition (shared by every instantiation of
+/// a generic struct), and its address is the key.
+pub struct LockOrder {
+    /// Not zero-sized, so that every `static` of it has an address of its own.
+    _byte: u8,
+}
+
+impl LockOrder {
+    /// A new key (place it in a `static`).
+    #[allow(clippy::new_without_default)]
+    pub const fn new() -> Self {
+        LockOrder { _byte: 0 }
+    }
+
+    #[inline]
+    fn key(&'static self) -> usize {
+        std::ptr::from_ref(self).addr()
+    }
+}
+
+/// One lock held by this thread.
+struct Held {
+    /// [`LockOrder::key`] of its struct.
+    order: usize,
+    /// The address of the [`Locked`].
+    lock: usize,
+    site: &'static Site,
+}
 
 thread_local! {
-    static THREAD: Cell<u64> = const { Cell::new(0) };
+    /// The [`Locked`] fields this thread holds, in the order it took them.
+    static HELD: RefCell<Vec<Held>> = const { RefCell::new(Vec::new()) };
     /// Addresses of the `ReadMostly` fields whose `update` closure runs on this thread.
     static RCU_ACTIVE: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
 }
 
-/// This thread's id (0 only while the thread is being torn down: checks are then skipped).
-#[inline]
-fn thread_id() -> u64 {
-    THREAD
-        .try_with(|c| {
-            let id = c.get();
-            if id != 0 {
-                id
-            } else {
-                let id = NEXT_THREAD.fetch_add(1, Ordering::Relaxed);
-                c.set(id);
-                id
-            }
-        })
-        .unwrap_or(0)
+/// Why a lock may not be taken.
+enum Refused {
+    /// This thread holds this very lock.
+    Reentered,
+    /// This thread holds a field of the same struct type at this place or later.
+    Order(&'static Site),
 }
 
 #[cold]
@@ -68,10 +112,30 @@ fn reentered(site: &Site) -> ! {
     )
 }
 
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn out_of_order(held: &Site, site: &Site) -> ! {
+    if held.index == site.index {
+        panic!(
+            "lock order: `{ty}::{f}` of another `{ty}` is held while `{ty}::{f}` is locked; \
+             the same field of two values cannot be nested (two threads doing it in \
+             opposite orders would deadlock); copy the value out of one of them first",
+            ty = site.ty,
+            f = site.field
+        )
+    }
+    panic!(
+        "lock order: `{ty}::{held}` is held while `{ty}::{wanted}` is locked; nest accessors \
+         in declaration order (`{wanted}` before `{held}`) or use `update(|fields| …)`",
+        ty = site.ty,
+        held = held.field,
+        wanted = site.field
+    )
+}
+
 /// A plain field: its value behind a mutex that only closures can reach.
 pub struct Locked<T> {
-    /// The id of the thread holding the lock, 0 when free.
-    owner: AtomicU64,
     /// How many times the lock was found poisoned and the value recovered.
     poisoned: AtomicU64,
     mutex: Mutex<T>,
@@ -82,10 +146,14 @@ impl<T> Locked<T> {
     #[inline]
     pub const fn new(value: T) -> Self {
         Locked {
-            owner: AtomicU64::new(0),
             poisoned: AtomicU64::new(0),
             mutex: Mutex::new(value),
         }
+    }
+
+    #[inline]
+    fn addr(&self) -> usize {
+        std::ptr::from_ref(self).addr()
     }
 
     /// Locks the field.
@@ -95,24 +163,49 @@ impl<T> Locked<T> {
     ///
     /// # Panics
     ///
-    /// When this thread already holds the lock (an accessor called from inside a closure
-    /// of the same field), with a message naming `site`: the alternative is a deadlock.
+    /// Before waiting, when this thread holds this lock already (an accessor called from
+    /// inside a closure of the same field: the alternative is a deadlock), or holds a
+    /// field of the same struct type declared at `site` or after it (see the
+    /// [module docs](self) for the lock order), with a message naming the fields.
     #[inline]
     #[track_caller]
-    pub fn lock(&self, site: &Site) -> Guard<'_, T> {
-        let me = thread_id();
-        // Only this thread ever stores its own id here, and it clears it before unlocking,
-        // so reading our id back means we hold the lock.
-        if me != 0 && self.owner.load(Ordering::Relaxed) == me {
-            reentered(site);
-        }
+    pub fn lock(&self, site: &'static Site, order: &'static LockOrder) -> Guard<'_, T> {
+        let lock = self.addr();
+        let order = order.key();
+        let tracked = HELD.try_with(|held| {
+            let Ok(mut held) = held.try_borrow_mut() else {
+                return Ok(false);
+            };
+            let mut refused = None;
+            for h in held.iter().filter(|h| h.order == order) {
+                if h.lock == lock {
+                    return Err(Refused::Reentered);
+                }
+                if h.site.index >= site.index
+                    && refused.is_none_or(|r: &Site| h.site.index > r.index)
+                {
+                    refused = Some(h.site);
+                }
+            }
+            if let Some(h) = refused {
+                return Err(Refused::Order(h));
+            }
+            held.push(Held { order, lock, site });
+            Ok(true)
+        });
+        let tracked = match tracked {
+            Ok(Ok(tracked)) => tracked,
+            // Thread-locals already torn down: no check.
+            Err(_) => false,
+            Ok(Err(Refused::Reentered)) => reentered(site),
+            Ok(Err(Refused::Order(held))) => out_of_order(held, site),
+        };
         let guard = match self.mutex.lock() {
             Ok(g) => g,
             Err(poison) => self.recover(poison.into_inner()),
         };
-        self.owner.store(me, Ordering::Relaxed);
         Guard {
-            owner: &self.owner,
+            lock: if tracked { lock } else { 0 },
             guard,
         }
     }
@@ -149,15 +242,32 @@ impl<T> Locked<T> {
     }
 }
 
+/// Removes the lock at `lock` from this thread's list (the newest entry first, which is
+/// where it is unless guards were dropped out of order).
+#[inline]
+fn release(lock: usize) {
+    let _ = HELD.try_with(|held| {
+        if let Ok(mut held) = held.try_borrow_mut() {
+            if held.last().is_some_and(|h| h.lock == lock) {
+                held.pop();
+            } else if let Some(i) = held.iter().rposition(|h| h.lock == lock) {
+                held.remove(i);
+            }
+        }
+    });
+}
+
 impl<T: Default> Default for Locked<T> {
     fn default() -> Self {
         Locked::new(T::default())
     }
 }
 
-/// Access to a [`Locked`] value; clears the owner before the mutex unlocks.
+/// Access to a [`Locked`] value; takes the lock off this thread's list before the mutex
+/// unlocks.
 pub struct Guard<'a, T> {
-    owner: &'a AtomicU64,
+    /// The address of the [`Locked`], or 0 when it is not on the list.
+    lock: usize,
     guard: MutexGuard<'a, T>,
 }
 
@@ -165,7 +275,9 @@ impl<T> Drop for Guard<'_, T> {
     #[inline]
     fn drop(&mut self) {
         // Runs before `guard` (a field) is dropped, i.e. before the mutex is released.
-        self.owner.store(0, Ordering::Relaxed);
+        if self.lock != 0 {
+            release(self.lock);
+        }
     }
 }
 

@@ -20,6 +20,7 @@ struct Config {
 }
 
 #[shared_state]
+#[derive(Debug, Default)]
 struct State {
     hosts: HashMap<String, u32>,
     log: Vec<u64>,
@@ -130,34 +131,81 @@ fn read_mostly_accessors() {
 }
 
 #[test]
-fn read_mostly_update_reruns_the_closure_under_contention_and_loses_nothing() {
+fn read_mostly_update_loses_nothing_under_contention() {
     let s = Arc::new(state());
-    let runs = Arc::new(AtomicU32::new(0));
     let threads = 4;
     let per_thread = 2_000;
     let barrier = Arc::new(Barrier::new(threads));
     let handles: Vec<_> = (0..threads)
         .map(|_| {
-            let (s, runs, barrier) = (Arc::clone(&s), Arc::clone(&runs), Arc::clone(&barrier));
+            let (s, barrier) = (Arc::clone(&s), Arc::clone(&barrier));
             thread::spawn(move || {
                 barrier.wait();
                 for _ in 0..per_thread {
-                    s.update_config(|c| {
-                        runs.fetch_add(1, Ordering::Relaxed);
-                        Config {
-                            limit: c.limit + 1,
-                            ..c.clone()
-                        }
+                    s.update_config(|c| Config {
+                        limit: c.limit + 1,
+                        ..c.clone()
                     });
                 }
             })
         })
         .collect();
-    for h in handles {
-        h.join().unwrap();
-    }
+    bounded("contended read-copy-updates", move || {
+        for h in handles {
+            h.join().unwrap();
+        }
+    });
     assert_eq!(s.config().limit, (threads * per_thread) as u32);
-    assert!(runs.load(Ordering::Relaxed) >= (threads * per_thread) as u32);
+}
+
+#[test]
+fn read_mostly_update_reruns_the_closure_once_per_conflict() {
+    const UPDATES: u32 = 10;
+    /// The update whose first run meets a write from another thread.
+    const CONFLICTED: u32 = 3;
+    let s = Arc::new(state());
+    let runs = AtomicU32::new(0);
+    for i in 0..UPDATES {
+        let mut first_run = true;
+        let installed = s.update_config(|c| {
+            runs.fetch_add(1, Ordering::Relaxed);
+            if i == CONFLICTED && first_run {
+                first_run = false;
+                // Another writer installs a value between this run's read and its
+                // compare-and-swap; joining the thread is the event that it did.
+                let other = Arc::clone(&s);
+                thread::spawn(move || {
+                    other.set_config(Config {
+                        limit: 1_000,
+                        name: "other".into(),
+                    });
+                })
+                .join()
+                .unwrap();
+            }
+            Config {
+                limit: c.limit + 1,
+                ..c.clone()
+            }
+        });
+        let expected = if i < CONFLICTED {
+            i + 1
+        } else {
+            1_000 + i - CONFLICTED + 1
+        };
+        assert_eq!(installed.limit, expected, "update {i} installed");
+    }
+    assert_eq!(
+        runs.load(Ordering::Relaxed),
+        UPDATES + 1,
+        "exactly one re-run, for the one conflict"
+    );
+    let last = s.config();
+    assert_eq!(last.limit, 1_000 + UPDATES - CONFLICTED);
+    assert_eq!(
+        last.name, "other",
+        "the re-run started from the other writer's value"
+    );
 }
 
 // --- new, Default, Debug ---------------------------------------------------------------
@@ -266,6 +314,7 @@ fn eight_threads_of_mixed_updates_leave_exact_counts() {
             let (s, barrier) = (Arc::clone(&s), Arc::clone(&barrier));
             thread::spawn(move || {
                 barrier.wait();
+                let mut last_seen = 0;
                 for i in 0..OPS {
                     match i % 5 {
                         0 => {
@@ -289,7 +338,11 @@ fn eight_threads_of_mixed_updates_leave_exact_counts() {
                                     ..c.clone()
                                 });
                             } else {
-                                assert!(s.config().limit as usize <= THREADS * OPS);
+                                // Each thread reads a value at least as new as the last
+                                // one it read (writes only ever add one).
+                                let now = s.config().limit;
+                                assert!(now >= last_seen, "went back from {last_seen} to {now}");
+                                last_seen = now;
                             }
                         }
                     }
@@ -346,7 +399,8 @@ async fn tokio_tasks_update_across_await_points() {
                         tokio::time::sleep(Duration::from_micros(50)).await;
                     }
                     s.update_log(|l| l.push(t as u64));
-                    let _ = seen;
+                    // This task's own `i` earlier increments were all visible to its read.
+                    assert!(seen >= i as u32, "task {t} step {i} saw {seen}");
                 }
             })
         })
@@ -448,10 +502,7 @@ fn reentering_from_a_multi_field_update_panics_naming_the_field() {
             .map(|_| String::from("no panic"))
             .unwrap_or_else(panic_message)
     });
-    assert!(
-        msg.contains("`Accounts::a`") || msg.contains("`Accounts::b`"),
-        "{msg}"
-    );
+    assert!(msg.contains("re-entrant use of `Accounts::b`"), "{msg}");
     assert_eq!(s.update(|f| (*f.a, *f.b)), (1, 2));
     assert_eq!(
         s.poison_count(),
@@ -477,6 +528,277 @@ fn nesting_different_fields_is_allowed() {
         ..c.clone()
     });
     assert_eq!(s.config().limit, 1);
+}
+
+// --- lock order ------------------------------------------------------------------------
+
+/// Runs `f` on this thread and returns its panic message ("no panic" when it returned).
+fn panic_of(f: impl FnOnce()) -> String {
+    catch_unwind(AssertUnwindSafe(f))
+        .map(|()| String::from("no panic"))
+        .unwrap_or_else(panic_message)
+}
+
+#[test]
+fn nesting_against_declaration_order_panics_at_once_naming_both_fields() {
+    let s = state();
+    // `hosts` is declared before `log`: taking `hosts` while `log` is held is refused,
+    // on one thread, with nothing contended.
+    let msg = panic_of(|| {
+        s.with_log(|_| s.hosts());
+    });
+    assert_eq!(
+        msg,
+        "lock order: `State::log` is held while `State::hosts` is locked; nest accessors in \
+         declaration order (`hosts` before `log`) or use `update(|fields| …)`"
+    );
+    // Every accessor of a plain field takes part, and so does `update`.
+    let msg = panic_of(|| {
+        s.update_log(|_| {
+            s.set_hosts(HashMap::new());
+        })
+    });
+    assert!(
+        msg.starts_with("lock order: `State::log` is held while `State::hosts`"),
+        "{msg}"
+    );
+    let msg = panic_of(|| {
+        s.with_log(|_| s.update(|f| f.hosts.len()));
+    });
+    assert!(
+        msg.starts_with("lock order: `State::log` is held while `State::hosts`"),
+        "{msg}"
+    );
+
+    // Nothing is left locked and the thread's record is intact: in-order nesting works,
+    // out-of-order nesting is still refused, and the lock the panics unwound through
+    // was recovered from poisoning (three panics, three recoveries).
+    let n = s.with_hosts(|h| s.update_log(|l| h.len() + l.len()));
+    assert_eq!(n, 0);
+    assert_eq!(s.poison_count(), 3);
+    let msg = panic_of(|| {
+        s.with_log(|_| s.with_hosts(|_| ()));
+    });
+    assert!(msg.starts_with("lock order:"), "{msg}");
+    s.update(|f| {
+        f.hosts.insert("h".into(), 1);
+        f.log.push(1);
+    });
+    assert_eq!((s.hosts().len(), s.log()), (1, vec![1]));
+}
+
+#[shared_state]
+struct Ordered {
+    #[shared(counter)]
+    hits: u64,
+    #[shared(read_mostly)]
+    mode: u8,
+    first: u32,
+    second: u32,
+}
+
+#[test]
+fn lock_free_fields_take_no_part_in_the_lock_order() {
+    let s = Ordered::new(0, 0, 1, 2);
+    // `hits` and `mode` are declared before `second` but hold no lock.
+    let n = s.with_second(|second| {
+        s.incr_hits();
+        s.set_mode(3);
+        s.update_mode(|m| m + 1);
+        *second + s.with_mode(|m| u32::from(*m)) + s.hits() as u32
+    });
+    assert_eq!(n, 2 + 4 + 1);
+    // Inside a read-mostly update, every plain field may be locked.
+    s.update_mode(|m| {
+        let v = s.with_first(|x| s.second() + *x);
+        m + v as u8
+    });
+    assert_eq!(*s.mode(), 7);
+    // Plain fields still follow the order.
+    let msg = panic_of(|| {
+        s.with_second(|_| s.first());
+    });
+    assert!(
+        msg.contains("`Ordered::second` is held while `Ordered::first` is locked"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn the_lock_order_is_per_struct_type_across_values() {
+    let (a, b) = (state(), state());
+    // In declaration order across two values: allowed.
+    assert_eq!(a.with_hosts(|_| b.update_log(|l| l.len())), 0);
+    // Against it, even though the values differ: refused.
+    let msg = panic_of(|| {
+        a.with_log(|_| b.hosts());
+    });
+    assert!(
+        msg.contains("`State::log` is held while `State::hosts` is locked"),
+        "{msg}"
+    );
+    // The same field of two values has no order between them: refused.
+    let msg = panic_of(|| {
+        a.with_log(|_| b.log());
+    });
+    assert!(
+        msg.starts_with(
+            "lock order: `State::log` of another `State` is held while `State::log` is locked"
+        ),
+        "{msg}"
+    );
+    let msg = panic_of(|| {
+        a.update(|_| b.update(|_| ()));
+    });
+    assert!(
+        msg.contains("`State::log` is held while `State::hosts` is locked"),
+        "{msg}"
+    );
+    // Two different struct types are not ordered against each other.
+    let acc = Accounts::new(1, 2, 0);
+    assert_eq!(a.with_log(|_| acc.update(|f| *f.a + *f.b)), 3);
+    assert_eq!(acc.with_b(|b| a.with_hosts(|h| *b as usize + h.len())), 2);
+    assert_eq!(a.with_log(|_| b.with_config(|c| c.limit)), 0);
+}
+
+#[test]
+fn opposite_nesting_on_two_threads_fails_instead_of_deadlocking() {
+    let s = Arc::new(state());
+    let (a_holds_hosts, b_may_start) = mpsc::channel::<()>();
+    let (b_holds_log, a_may_nest) = mpsc::channel::<()>();
+    let b = {
+        let s = Arc::clone(&s);
+        thread::spawn(move || {
+            b_may_start.recv_timeout(Duration::from_secs(30)).unwrap();
+            panic_of(|| {
+                s.with_log(|_| {
+                    b_holds_log.send(()).unwrap();
+                    // Against the order: without the rule this waits for `hosts`, which
+                    // thread A holds while it waits for `log`.
+                    s.hosts();
+                });
+            })
+        })
+    };
+    let s2 = Arc::clone(&s);
+    let a_result = bounded("opposite nesting", move || {
+        s2.with_hosts(|_| {
+            a_holds_hosts.send(()).unwrap();
+            a_may_nest.recv_timeout(Duration::from_secs(30)).unwrap();
+            s2.update_log(|l| {
+                l.push(7);
+                l.len()
+            })
+        })
+    });
+    assert_eq!(a_result, 1);
+    let msg = b.join().unwrap();
+    assert!(
+        msg.starts_with("lock order: `State::log` is held while `State::hosts`"),
+        "{msg}"
+    );
+}
+
+// --- panic locations -------------------------------------------------------------------
+
+thread_local! {
+    /// Where the last panic on this thread happened, while capturing is on.
+    static CAPTURED: std::cell::RefCell<Option<Option<(String, u32)>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f`, which must panic, and returns the file and line the panic reports. A
+/// process-wide hook (installed once) records the location for threads that asked for it
+/// and hands every other panic to the hook it replaced.
+fn panic_location(f: impl FnOnce()) -> (String, u32) {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let captured = CAPTURED.with(|c| {
+                let mut c = c.borrow_mut();
+                match c.as_mut() {
+                    Some(slot) => {
+                        *slot = info.location().map(|l| (l.file().to_owned(), l.line()));
+                        true
+                    }
+                    None => false,
+                }
+            });
+            if !captured {
+                previous(info);
+            }
+        }));
+    });
+    CAPTURED.with(|c| *c.borrow_mut() = Some(None));
+    let result = catch_unwind(AssertUnwindSafe(f));
+    let location = CAPTURED.with(|c| c.borrow_mut().take()).flatten();
+    assert!(result.is_err(), "`f` did not panic");
+    location.expect("the panic had a location")
+}
+
+#[test]
+fn accessor_panics_point_at_the_callers_line() {
+    let s = state();
+    let here = file!().to_owned();
+    // Each closure records the line of the call below it, which is where it panics.
+    let line = std::cell::Cell::new(0);
+    let at = panic_location(|| {
+        s.with_hosts(|_| {
+            line.set(line!() + 1);
+            s.hosts()
+        });
+    });
+    assert_eq!(at, (here.clone(), line.get()), "re-entrant getter");
+    let at = panic_location(|| {
+        s.update_log(|_| {
+            line.set(line!() + 1);
+            s.set_log(Vec::new())
+        });
+    });
+    assert_eq!(at, (here.clone(), line.get()), "re-entrant setter");
+    let at = panic_location(|| {
+        s.with_log(|_| {
+            line.set(line!() + 1);
+            s.update(|_| ())
+        })
+    });
+    assert_eq!(
+        at,
+        (here.clone(), line.get()),
+        "lock order, multi-field update"
+    );
+    let at = panic_location(|| {
+        s.with_log(|_| {
+            line.set(line!() + 1);
+            s.with_hosts(|_| ())
+        })
+    });
+    assert_eq!(at, (here.clone(), line.get()), "lock order, `with_`");
+    let at = panic_location(|| {
+        s.update_config(|c| {
+            line.set(line!() + 1);
+            s.set_config(c.clone());
+            c.clone()
+        });
+    });
+    assert_eq!(
+        at,
+        (here.clone(), line.get()),
+        "read-mostly write inside its update"
+    );
+    let at = panic_location(|| {
+        s.update_config(|c| {
+            line.set(line!() + 1);
+            s.update_config(|c| c.clone());
+            c.clone()
+        });
+    });
+    assert_eq!(
+        at,
+        (here, line.get()),
+        "read-mostly update inside its update"
+    );
 }
 
 // --- global ----------------------------------------------------------------------------
@@ -512,6 +834,7 @@ fn global_is_one_lazy_instance_even_under_a_race() {
 // --- generics --------------------------------------------------------------------------
 
 #[shared_state]
+#[derive(Debug, Default)]
 struct Cache<K: std::hash::Hash + Eq, V>
 where
     V: Send,
@@ -533,6 +856,14 @@ fn generic_structs() {
     assert_eq!(
         format!("{d:?}"),
         r#"Cache { entries: {"x": 1}, label: "" }"#
+    );
+    // Every instantiation of a generic struct shares one lock order.
+    let msg = panic_of(|| {
+        c.with_entries(|_| d.with_entries(|_| ()));
+    });
+    assert!(
+        msg.starts_with("lock order: `Cache::entries` of another `Cache` is held"),
+        "{msg}"
     );
 }
 

@@ -14,6 +14,10 @@ pub(crate) struct Input {
     pub(crate) ident: Ident,
     pub(crate) generics: Generics,
     pub(crate) fields: Vec<Field>,
+    /// `#[derive(Debug)]` was on the struct (consumed by `valid`): generate a `Debug`.
+    pub(crate) debug: bool,
+    /// `#[derive(Default)]` was on the struct (consumed by `valid`): generate `Default`.
+    pub(crate) default: bool,
 }
 
 /// One named field.
@@ -22,9 +26,15 @@ pub(crate) struct Field {
     pub(crate) docs: Vec<Attribute>,
     /// Every other attribute except `#[shared(…)]`; kept on the stored field.
     pub(crate) attrs: Vec<Attribute>,
+    /// The `#[cfg(…)]` attributes among `attrs`, carried to every item generated for the
+    /// field, so that a field compiled out takes its accessors, `new` parameter, `Debug`
+    /// line and view member with it.
+    pub(crate) cfgs: Vec<Attribute>,
     pub(crate) vis: Visibility,
     pub(crate) ident: Ident,
     pub(crate) ty: Type,
+    /// Position in the declaration, from 0: the field's place in the lock order.
+    pub(crate) index: u32,
     pub(crate) kind: Kind,
     /// Set by `valid` when an accessor name of this field clashes with another generated
     /// method: the field then gets no accessors (the error explains why).
@@ -90,19 +100,27 @@ impl Input {
         let fields = named
             .named
             .into_iter()
-            .map(|f| {
+            .enumerate()
+            .map(|(index, f)| {
                 let kind = attr::parse_field(&f.attrs, errors);
-                let (docs, attrs) = f
+                let (docs, attrs): (Vec<Attribute>, Vec<Attribute>) = f
                     .attrs
                     .into_iter()
                     .filter(|a| !attr::is_field_attr(a))
                     .partition(|a| a.path().is_ident("doc"));
+                let cfgs = attrs
+                    .iter()
+                    .filter(|a| a.path().is_ident("cfg"))
+                    .cloned()
+                    .collect();
                 Field {
                     docs,
                     attrs,
+                    cfgs,
                     vis: f.vis,
                     ident: f.ident.expect("named fields have names"),
                     ty: f.ty,
+                    index: u32::try_from(index).unwrap_or(u32::MAX),
                     kind,
                     clashes: false,
                 }
@@ -114,6 +132,8 @@ impl Input {
             ident: s.ident.clone(),
             generics: s.generics.clone(),
             fields,
+            debug: false,
+            default: false,
         })
     }
 }

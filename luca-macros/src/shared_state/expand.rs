@@ -4,10 +4,10 @@
 //! `Debug` and, with `global`, `global()`.
 
 use proc_macro2::{Span, TokenStream};
-use quote::{format_ident, quote, quote_spanned};
+use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
-use syn::{Attribute, Ident};
+use syn::{Attribute, Ident, Visibility};
 
 use super::ast::{Field, Input};
 use super::attr::{Args, Kind};
@@ -19,6 +19,7 @@ pub(crate) fn expand(input: &Input, args: &Args) -> TokenStream {
         ident,
         generics,
         fields,
+        ..
     } = input;
     let krate = &args.krate;
     let p = quote!(#krate::__private);
@@ -45,53 +46,100 @@ pub(crate) fn expand(input: &Input, args: &Args) -> TokenStream {
         .filter(|f| !f.clashes)
         .map(|f| accessors(&p, &type_name, f));
 
-    // `new(…)`: every field, in declaration order.
+    // `new(…)`: every field, in declaration order, with the narrowest visibility of them.
+    let new_vis = new_visibility(vis, fields);
     let params = fields.iter().map(|f| {
-        let (id, ty) = (&f.ident, &f.ty);
-        quote!(#id: #ty)
+        let Field {
+            cfgs, ident, ty, ..
+        } = f;
+        quote!(#(#cfgs)* #ident: #ty)
     });
     let inits = fields.iter().map(|f| {
-        let id = &f.ident;
+        let Field { cfgs, ident, .. } = f;
         let ctor = ctor(&p, f);
-        quote!(#id: #ctor(#id))
+        quote!(#(#cfgs)* #ident: #ctor(#ident))
     });
-    let new_doc =
-        format!("Builds a `{type_name}` from a value for every field, in declaration order.");
+    let new_doc = format!(
+        "Builds a `{type_name}` from a value for every field, in declaration order.\n\nIts visibility is the narrowest of the fields' visibilities: code that may not name a field may not set it either."
+    );
 
     let plain: Vec<&Field> = fields.iter().filter(|f| f.kind == Kind::Plain).collect();
     let poison_terms = plain.iter().map(|f| {
-        let id = &f.ident;
-        quote!(+ self.#id.poison_count())
+        let Field { cfgs, ident, .. } = f;
+        quote!(#(#cfgs)* { __luca_n += self.#ident.poison_count(); })
+    });
+    let lock_order = (!plain.is_empty()).then(|| {
+        quote! {
+            /// The key of this struct in the lock-order check.
+            #[doc(hidden)]
+            #[inline(always)]
+            #[allow(dead_code)]
+            fn __luca_lock_order() -> &'static #p::LockOrder {
+                static __LUCA_LOCK_ORDER: #p::LockOrder = #p::LockOrder::new();
+                &__LUCA_LOCK_ORDER
+            }
+        }
     });
 
     let (view, update) = view_and_update(input, &p, &type_name, &plain);
 
-    // `Default` and `Debug`: available when every field type has them (a bound with a
-    // dummy higher-ranked lifetime is checked at use, not at definition).
-    let preds = where_clause.map(|w| {
-        let preds = w.predicates.iter();
-        quote!(#(#preds,)*)
+    let default = input.default.then(|| {
+        let (impl_g, where_clause) = bounded(generics, fields, quote!(::core::default::Default));
+        let inits = fields.iter().map(|f| {
+            let Field {
+                cfgs, ident, ty, ..
+            } = f;
+            let ctor = ctor(&p, f);
+            let value = quote_spanned!(ty.span()=> <#ty as ::core::default::Default>::default());
+            quote!(#(#cfgs)* #ident: #ctor(#value))
+        });
+        quote! {
+            impl #impl_g ::core::default::Default for #ident #ty_g #where_clause {
+                fn default() -> Self {
+                    Self { #(#inits,)* }
+                }
+            }
+        }
     });
-    let tys: Vec<_> = fields.iter().map(|f| &f.ty).collect();
-    let defaults = fields
-        .iter()
-        .map(|_| quote!(::core::default::Default::default()));
-    let debug_fields = fields.iter().map(|f| {
-        let id = &f.ident;
-        let name = id.unraw().to_string();
-        match f.kind {
-            Kind::Plain => quote!(.field(#name, &#p::DebugLocked(&self.#id))),
-            _ => quote!(.field(#name, &self.#id)),
+
+    let debug = input.debug.then(|| {
+        let (impl_g, where_clause) = bounded(generics, fields, quote!(::core::fmt::Debug));
+        let lines = fields.iter().map(|f| {
+            let Field {
+                cfgs, ident, ty, ..
+            } = f;
+            let name = ident.unraw().to_string();
+            // Spanned at the field's type: a type without `Debug` is reported there.
+            let line = match f.kind {
+                Kind::Plain => {
+                    let p = respan(p.clone(), ty.span());
+                    quote_spanned!(ty.span()=> __luca_d.field(#name, &#p::DebugLocked(&self.#ident));)
+                }
+                _ => quote_spanned!(ty.span()=> __luca_d.field(#name, &self.#ident);),
+            };
+            quote!(#(#cfgs)* #line)
+        });
+        quote! {
+            impl #impl_g ::core::fmt::Debug for #ident #ty_g #where_clause {
+                /// Never blocks: a field whose lock is held right now prints as `<locked>`.
+                fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                    let mut __luca_d = f.debug_struct(#type_name);
+                    #(#lines)*
+                    __luca_d.finish()
+                }
+            }
         }
     });
 
     let global = args.global.map(|span| {
         let init = fields.iter().map(|f| {
-            let ty = &f.ty;
-            quote_spanned!(ty.span()=> <#ty as #p::GlobalField>::global_default())
+            let Field { cfgs, ident, ty, .. } = f;
+            let ctor = ctor(&p, f);
+            let value = quote_spanned!(ty.span()=> <#ty as #p::GlobalField>::global_default());
+            quote!(#(#cfgs)* #ident: #ctor(#value))
         });
         let doc = format!(
-            "The process-wide `{type_name}`: built with `Default` on first use, exactly once, even when many threads ask at the same time."
+            "The process-wide `{type_name}`: built on first use, exactly once, even when many threads ask at the same time, with every field set to its type's `Default`."
         );
         let fn_ident = Ident::new("global", span);
         quote! {
@@ -100,7 +148,7 @@ pub(crate) fn expand(input: &Input, args: &Args) -> TokenStream {
                 #[allow(dead_code)]
                 #vis fn #fn_ident() -> &'static Self {
                     static __LUCA_GLOBAL: #p::Global<#ident> = #p::Global::new();
-                    __LUCA_GLOBAL.get_or_init(|| Self::new(#(#init),*))
+                    __LUCA_GLOBAL.get_or_init(|| Self { #(#init,)* })
                 }
             }
         }
@@ -116,7 +164,7 @@ pub(crate) fn expand(input: &Input, args: &Args) -> TokenStream {
             #[doc = #new_doc]
             #[allow(dead_code, clippy::too_many_arguments, clippy::new_without_default)]
             #[inline]
-            #vis fn new(#(#params),*) -> Self {
+            #new_vis fn new(#(#params),*) -> Self {
                 Self { #(#inits,)* }
             }
 
@@ -125,8 +173,13 @@ pub(crate) fn expand(input: &Input, args: &Args) -> TokenStream {
             /// closure left it and the field stayed usable.
             #[allow(dead_code)]
             #vis fn poison_count(&self) -> u64 {
-                0 #(#poison_terms)*
+                #[allow(unused_mut)]
+                let mut __luca_n = 0;
+                #(#poison_terms)*
+                __luca_n
             }
+
+            #lock_order
 
             #update
 
@@ -135,31 +188,126 @@ pub(crate) fn expand(input: &Input, args: &Args) -> TokenStream {
 
         #view
 
-        impl #impl_g ::core::default::Default for #ident #ty_g
-        where
-            #preds
-            #(for<'__luca> #tys: ::core::default::Default,)*
-        {
-            fn default() -> Self {
-                Self::new(#(#defaults),*)
-            }
-        }
+        #default
 
-        impl #impl_g ::core::fmt::Debug for #ident #ty_g
-        where
-            #preds
-            #(for<'__luca> #tys: ::core::fmt::Debug,)*
-        {
-            /// Never blocks: a field whose lock is held right now prints as `<locked>`.
-            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                f.debug_struct(#type_name)
-                    #(#debug_fields)*
-                    .finish()
-            }
-        }
+        #debug
 
         #global
     }
+}
+
+/// The impl generics and where clause of a generated `Default` or `Debug`: the struct's,
+/// plus `Field: bound` for each field whose type names a type or const parameter (so
+/// `Cache<K, V>` is `Debug` exactly when its fields are, whatever `K` and `V` are). Fields
+/// of a concrete type need no bound: the impl's body checks them where they are declared,
+/// and so does it for a field under `#[cfg]`, whose type may not exist when the `cfg` is
+/// off.
+fn bounded(
+    generics: &syn::Generics,
+    fields: &[Field],
+    bound: TokenStream,
+) -> (TokenStream, TokenStream) {
+    let mut g = generics.clone();
+    let params: Vec<String> = generics
+        .params
+        .iter()
+        .filter_map(|p| match p {
+            syn::GenericParam::Type(t) => Some(t.ident.to_string()),
+            syn::GenericParam::Const(c) => Some(c.ident.to_string()),
+            syn::GenericParam::Lifetime(_) => None,
+        })
+        .collect();
+    let where_clause = g.make_where_clause();
+    for f in fields {
+        if f.cfgs.is_empty() && names_any(f.ty.to_token_stream(), &params) {
+            let ty = &f.ty;
+            where_clause
+                .predicates
+                .push(syn::parse_quote_spanned!(ty.span()=> #ty: #bound));
+        }
+    }
+    let (impl_g, _, where_clause) = g.split_for_impl();
+    (impl_g.to_token_stream(), where_clause.to_token_stream())
+}
+
+/// `tokens` with every span set to `span`, so that an error in an expression built from
+/// them points at `span`.
+fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut t| {
+            if let proc_macro2::TokenTree::Group(g) = &t {
+                let mut inner = proc_macro2::Group::new(g.delimiter(), respan(g.stream(), span));
+                inner.set_span(span);
+                t = proc_macro2::TokenTree::Group(inner);
+            } else {
+                t.set_span(span);
+            }
+            t
+        })
+        .collect()
+}
+
+/// Whether `tokens` contain one of the identifiers `names`.
+fn names_any(tokens: TokenStream, names: &[String]) -> bool {
+    tokens.into_iter().any(|t| match t {
+        proc_macro2::TokenTree::Ident(i) => names.iter().any(|n| i == n),
+        proc_macro2::TokenTree::Group(g) => names_any(g.stream(), names),
+        _ => false,
+    })
+}
+
+/// How far a visibility reaches, for finding the narrowest of several.
+#[derive(PartialEq)]
+enum Reach {
+    Private,
+    /// `pub(in path)`, with the path as written.
+    In(String),
+    Super,
+    Crate,
+    Public,
+}
+
+fn reach(vis: &Visibility) -> Reach {
+    match vis {
+        Visibility::Public(_) => Reach::Public,
+        Visibility::Inherited => Reach::Private,
+        Visibility::Restricted(r) => {
+            let path = r.path.to_token_stream().to_string();
+            match path.as_str() {
+                "crate" => Reach::Crate,
+                "self" => Reach::Private,
+                "super" => Reach::Super,
+                _ => Reach::In(path),
+            }
+        }
+    }
+}
+
+/// The visibility of `new`: the narrowest of the fields' (the struct's when it has none).
+/// Two visibilities that cannot be compared (`pub(super)` and `pub(in path)`, or two
+/// different paths) give a private `new`.
+fn new_visibility(struct_vis: &Visibility, fields: &[Field]) -> Visibility {
+    let mut narrowest: Option<(&Visibility, Reach)> = None;
+    for f in fields {
+        let r = reach(&f.vis);
+        narrowest = Some(match narrowest {
+            None => (&f.vis, r),
+            Some((v, n)) => {
+                let keep_old = match (&n, &r) {
+                    _ if n == r => true,
+                    (Reach::Private, _) | (_, Reach::Public) => true,
+                    (_, Reach::Private) | (Reach::Public, _) => false,
+                    (Reach::In(_) | Reach::Super, Reach::Crate) => true,
+                    (Reach::Crate, Reach::In(_) | Reach::Super) => false,
+                    // `pub(super)` against `pub(in path)`, or two different paths.
+                    _ => return Visibility::Inherited,
+                };
+                if keep_old { (v, n) } else { (&f.vis, r) }
+            }
+        });
+    }
+    narrowest.map_or_else(|| struct_vis.clone(), |(v, _)| v.clone())
 }
 
 fn storage_type(p: &TokenStream, f: &Field) -> TokenStream {
@@ -191,9 +339,11 @@ fn docs(summary: String, field_docs: &[Attribute]) -> TokenStream {
 fn accessors(p: &TokenStream, type_name: &str, f: &Field) -> TokenStream {
     let Field {
         docs: field_docs,
+        cfgs,
         vis,
         ident,
         ty,
+        index,
         ..
     } = f;
     let name = ident.unraw().to_string();
@@ -204,8 +354,12 @@ fn accessors(p: &TokenStream, type_name: &str, f: &Field) -> TokenStream {
     let add = format_ident!("add_{}", name, span = span);
     let incr = format_ident!("incr_{}", name, span = span);
     let r = Ident::new("__LucaR", Span::mixed_site());
-    let site = quote!(&#p::Site { ty: #type_name, field: #name });
-    let attrs = quote!(#[inline] #[allow(dead_code)]);
+    let site = quote!(&#p::Site { ty: #type_name, field: #name, index: #index });
+    let order = quote!(Self::__luca_lock_order());
+    // `track_caller` on the accessors that can panic (re-entrancy, lock order), so the
+    // panic names the user's line; the field's `cfg`s on every accessor.
+    let attrs = quote!(#(#cfgs)* #[inline] #[allow(dead_code)]);
+    let panicking = quote!(#(#cfgs)* #[inline] #[track_caller] #[allow(dead_code)]);
     let static_bound = quote_spanned!(ty.span()=> for<'__luca> #ty: 'static,);
     let clone_bound = quote_spanned!(ty.span()=> for<'__luca> #ty: ::core::clone::Clone,);
     match f.kind {
@@ -218,13 +372,13 @@ fn accessors(p: &TokenStream, type_name: &str, f: &Field) -> TokenStream {
             );
             let d_with = docs(
                 format!(
-                    "Runs `f` on `{name}` under its lock and returns what `f` returns.\n\n`f` is a plain closure, so the lock can never be held across an `.await`. Calling an accessor of `{name}` from inside `f` panics (it would deadlock); a panic in `f` leaves the value as `f` left it, and the lock usable."
+                    "Runs `f` on `{name}` under its lock and returns what `f` returns.\n\n`f` is a plain closure, so the lock can never be held across an `.await`. Inside `f`, only the plain fields declared after `{name}` may be locked (the lock order that keeps nested accessors free of deadlocks); calling an accessor of `{name}` itself, or of a plain field declared before it (of this or another value of the struct), panics at once. A panic in `f` leaves the value as `f` left it, and the lock usable."
                 ),
                 field_docs,
             );
             let d_update = docs(
                 format!(
-                    "Runs `f` on `{name}` under its lock, with write access, and returns what `f` returns.\n\n`f` is a plain closure, so the lock can never be held across an `.await`. Calling an accessor of `{name}` from inside `f` panics (it would deadlock); a panic in `f` leaves the value as `f` left it, and the lock usable."
+                    "Runs `f` on `{name}` under its lock, with write access, and returns what `f` returns.\n\n`f` is a plain closure, so the lock can never be held across an `.await`. Inside `f`, only the plain fields declared after `{name}` may be locked (the lock order that keeps nested accessors free of deadlocks); calling an accessor of `{name}` itself, or of a plain field declared before it (of this or another value of the struct), panics at once. A panic in `f` leaves the value as `f` left it, and the lock usable."
                 ),
                 field_docs,
             );
@@ -234,30 +388,30 @@ fn accessors(p: &TokenStream, type_name: &str, f: &Field) -> TokenStream {
             );
             quote! {
                 #d_get
-                #attrs
+                #panicking
                 #vis fn #ident(&self) -> #ty
                 where
                     #clone_bound
                 {
-                    ::core::clone::Clone::clone(&*self.#ident.lock(#site))
+                    ::core::clone::Clone::clone(&*self.#ident.lock(#site, #order))
                 }
 
                 #d_with
-                #attrs
+                #panicking
                 #vis fn #with<#r>(&self, f: impl ::core::ops::FnOnce(&#ty) -> #r) -> #r {
-                    f(&*self.#ident.lock(#site))
+                    f(&*self.#ident.lock(#site, #order))
                 }
 
                 #d_update
-                #attrs
+                #panicking
                 #vis fn #update<#r>(&self, f: impl ::core::ops::FnOnce(&mut #ty) -> #r) -> #r {
-                    f(&mut *self.#ident.lock(#site))
+                    f(&mut *self.#ident.lock(#site, #order))
                 }
 
                 #d_set
-                #attrs
+                #panicking
                 #vis fn #set(&self, value: #ty) -> #ty {
-                    ::core::mem::replace(&mut *self.#ident.lock(#site), value)
+                    ::core::mem::replace(&mut *self.#ident.lock(#site, #order), value)
                 }
             }
         }
@@ -348,13 +502,13 @@ fn accessors(p: &TokenStream, type_name: &str, f: &Field) -> TokenStream {
                 }
 
                 #d_set
-                #attrs
+                #panicking
                 #vis fn #set(&self, value: #ty) -> ::std::sync::Arc<#ty> {
                     self.#ident.store(value, #site)
                 }
 
                 #d_update
-                #attrs
+                #panicking
                 #vis fn #update(&self, f: impl ::core::ops::FnMut(&#ty) -> #ty) -> ::std::sync::Arc<#ty> {
                     self.#ident.rcu(f, #site)
                 }
@@ -399,13 +553,14 @@ fn view_and_update(
     let members = plain.iter().map(|f| {
         let Field {
             docs: field_docs,
+            cfgs,
             vis,
             ident,
             ty,
             ..
         } = f;
         let d = docs(format!("`{}`, locked.", ident.unraw()), field_docs);
-        quote!(#d #vis #ident: &#lt mut #ty)
+        quote!(#(#cfgs)* #d #vis #ident: &#lt mut #ty)
     });
     let view_doc = format!(
         "Every lock-guarded field of [`{type_name}`] at once, handed to [`{type_name}::update`] with all their locks held. Counters and read-mostly fields are lock-free and are not part of it: use their own accessors."
@@ -423,17 +578,25 @@ fn view_and_update(
         .map(|f| format_ident!("__luca_{}", f.ident.unraw(), span = Span::mixed_site()))
         .collect();
     let locks = plain.iter().zip(&guards).map(|(f, g)| {
-        let id = &f.ident;
-        let name = id.unraw().to_string();
-        quote!(let mut #g = self.#id.lock(&#p::Site { ty: #type_name, field: #name });)
+        let Field {
+            cfgs, ident, index, ..
+        } = f;
+        let name = ident.unraw().to_string();
+        quote! {
+            #(#cfgs)*
+            let mut #g = self.#ident.lock(
+                &#p::Site { ty: #type_name, field: #name, index: #index },
+                Self::__luca_lock_order(),
+            );
+        }
     });
     let inits = plain.iter().zip(&guards).map(|(f, g)| {
-        let id = &f.ident;
-        quote!(#id: &mut *#g,)
+        let Field { cfgs, ident, .. } = f;
+        quote!(#(#cfgs)* #ident: &mut *#g,)
     });
     let r = Ident::new("__LucaR", Span::mixed_site());
     let update_doc = format!(
-        "Runs `f` with every lock-guarded field of this `{type_name}` locked at once, so it sees and leaves a consistent state; returns what `f` returns.\n\nLocks are taken in declaration order, so two `update`s can never deadlock each other. Calling a field's accessor from inside `f` panics (its lock is already held): use the view instead."
+        "Runs `f` with every lock-guarded field of this `{type_name}` locked at once, so it sees and leaves a consistent state; returns what `f` returns.\n\nLocks are taken in declaration order, the lock order every nested accessor call must follow, so two `update`s can never deadlock each other. Calling a field's accessor from inside `f` panics (its lock is already held): use the view instead. So does nesting the `update` (or a plain field's accessor) of another `{type_name}` inside `f`."
     );
     let ty_params = generics.params.iter().map(|g| match g {
         syn::GenericParam::Lifetime(l) => {
@@ -452,6 +615,7 @@ fn view_and_update(
     let update = quote! {
         #[doc = #update_doc]
         #[allow(dead_code)]
+        #[track_caller]
         #vis fn update<#r>(&self, f: impl ::core::ops::FnOnce(#view<'_, #(#ty_params,)*>) -> #r) -> #r {
             #(#locks)*
             f(#view { #(#inits)* #marker_init })

@@ -1,3 +1,5 @@
+// `Debug` and `Default` in the derive are taken by the macro (it generates them); the
+// derives a struct of locks cannot have are rejected, each with its reason.
 use luca_core::shared_state;
 
 #[shared_state]

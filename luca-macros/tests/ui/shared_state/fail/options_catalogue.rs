@@ -7,7 +7,6 @@ struct UnknownStructArgument {
 }
 
 #[shared_state(global, global)]
-#[derive(Default)]
 struct DuplicateStructArgument {
     a: u8,
 }

@@ -7,6 +7,7 @@ use luca_core::shared_state;
 
 /// Settings of the run.
 #[shared_state]
+#[derive(Default)]
 pub struct Settings {
     /// How many requests may run at once.
     ///

@@ -1,11 +1,13 @@
 // Generic structs: lifetimes, type and const parameters, bounds and where clauses are kept,
-// and the `…Fields<'_>` view carries them.
+// and the `…Fields<'_>` view carries them. A derived `Debug` / `Default` holds whenever the
+// fields' types have it (`[u8; N]` is `Default` for `N = 2`, not for every `N`).
 use std::collections::HashMap;
 use std::hash::Hash;
 
 use luca_core::shared_state;
 
 #[shared_state]
+#[derive(Debug, Default)]
 struct Cache<'a, K: Hash + Eq, V, const N: usize>
 where
     V: Clone,

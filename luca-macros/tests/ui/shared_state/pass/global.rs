@@ -1,4 +1,5 @@
-// `#[shared_state(global)]`: a lazy process-wide instance built with `Default`.
+// `#[shared_state(global)]`: a lazy process-wide instance, every field built with its
+// type's `Default`; the struct itself needs no `#[derive(Default)]` for it.
 use std::collections::HashMap;
 
 use luca_core::shared_state;
@@ -9,6 +10,7 @@ struct Breaker {
 }
 
 #[shared_state(global)]
+#[derive(Debug)]
 pub struct HostState {
     breakers: HashMap<String, Breaker>,
     #[shared(counter)]

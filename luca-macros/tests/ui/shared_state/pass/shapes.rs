@@ -8,6 +8,7 @@ mod reexport {
 
 #[shared_state]
 #[allow(dead_code)]
+#[derive(Default)]
 struct Counters {
     #[shared(counter)]
     a: u8,
@@ -41,6 +42,7 @@ struct Raw {
 }
 
 #[shared_state]
+#[derive(Debug, Default)]
 struct Empty {}
 
 #[shared_state(crate = "reexport::luca")]

@@ -1,6 +1,7 @@
 // Visibility of the struct and of each field is kept: a field's accessors have the
-// field's visibility. Generated public items are documented (`missing_docs` is denied),
-// and nothing warns when accessors go unused.
+// field's visibility, and `new` the narrowest of the fields' visibilities. Generated public
+// items are documented (`missing_docs` is denied), and nothing warns when accessors go
+// unused.
 #![deny(missing_docs, warnings)]
 //! A crate using `#[shared_state]` with every kind of visibility.
 
@@ -24,10 +25,25 @@ pub mod state {
     pub fn secret_len(run: &Run) -> usize {
         run.with_secret(|s| s.len())
     }
+
+    /// Starts a run: `Run::new` is private (so is `secret`), this is the way in.
+    pub fn start(secret: &str) -> Run {
+        Run::new(Vec::new(), 0, secret.to_owned())
+    }
+
+    /// Totals: every field is at least `pub(crate)`, so `new` is `pub(crate)`.
+    #[shared_state]
+    pub struct Totals {
+        /// Pages.
+        pub pages: u64,
+        pub(crate) bytes: u64,
+    }
 }
 
 fn main() {
-    let run = state::Run::new(Vec::new(), 0, String::from("key"));
+    let totals = state::Totals::new(1, 2);
+    assert_eq!(totals.pages() + totals.bytes(), 3);
+    let run = state::start("key");
     run.update_hosts(|h| h.push("example.org".into()));
     assert_eq!(run.incr_requests(), 1);
     assert_eq!(state::secret_len(&run), 3);
