@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use luca_core::rusqlite::{self, Connection};
 use luca_core::{Db, Error};
@@ -55,15 +55,33 @@ fn hold_writer(db: &Db) -> (std::sync::mpsc::Sender<()>, tokio::task::JoinHandle
     (release, task)
 }
 
+/// Polls `cond` until it holds; fails after the suite's 30 s bound.
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + T;
+    while !cond() {
+        assert!(Instant::now() < deadline, "not within {T:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 /// Waits (bounded) until `n` writes are queued behind a held writer, then checks it.
 async fn wait_for_queue(db: &Db, n: usize) {
-    for _ in 0..200 {
-        if db.stats().queue_depth == n {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert_eq!(db.stats().queue_depth, n, "writes did not reach the queue");
+    wait_until("writes reached the queue", || db.stats().queue_depth >= n).await;
+    assert_eq!(
+        db.stats().queue_depth,
+        n,
+        "more writes queued than expected"
+    );
+}
+
+/// A retry policy that outlasts any lock a test holds: it gives up only after the
+/// suite's 30 s bound.
+fn patient() -> luca_core::retry::RetryPolicy {
+    luca_core::retry::RetryPolicy::new()
+        .with_max_retries(u32::MAX)
+        .with_delay(Duration::from_millis(1))
+        .with_max_delay(Duration::from_millis(5))
+        .with_deadline(Some(T))
 }
 
 #[tokio::test]
@@ -125,12 +143,13 @@ async fn builder_settings_reach_the_connections() {
     db.close().await.unwrap();
 }
 
-/// Writes 200 transactions of about 2 pages each.
-async fn fill_wal(db: &Db) {
+/// Writes `n` transactions of at least 2 pages each (a row of 6000 bytes spills into an
+/// overflow page of its own, and its leaf page changes too).
+async fn fill_wal(db: &Db, n: usize) {
     db.write(|c| Ok(c.execute_batch("CREATE TABLE IF NOT EXISTS blobs (b BLOB)")?))
         .await
         .unwrap();
-    for _ in 0..200 {
+    for _ in 0..n {
         db.write(|c| Ok(c.execute("INSERT INTO blobs VALUES (zeroblob(6000))", [])?))
             .await
             .unwrap();
@@ -145,19 +164,14 @@ async fn checkpoints_run_in_the_background_past_the_threshold() {
         .build()
         .await
         .unwrap();
-    fill_wal(&db).await;
-    let mut checkpoints = 0;
-    for _ in 0..500 {
-        checkpoints = db.stats().checkpoints;
-        if checkpoints > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(checkpoints > 0, "{}", db.stats());
+    fill_wal(&db, 200).await;
+    wait_until("a background checkpoint ran", || db.stats().checkpoints > 0).await;
     db.close().await.unwrap();
+}
 
-    // Sustained writing from many tasks: the WAL stays bounded.
+/// Sustained writing from many tasks: the WAL stays bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sustained_writing_keeps_the_wal_bounded() {
     let tmp = TempDb::new();
     let db = Db::builder(tmp.path())
         .wal_autocheckpoint(50)
@@ -194,26 +208,40 @@ async fn checkpoints_run_in_the_background_past_the_threshold() {
     );
     assert!(stats.checkpoints + stats.inline_checkpoints > 0, "{stats}");
     db.close().await.unwrap();
+}
 
+/// SQLite's WAL file: a 32-byte header, then one 24-byte header and one page per frame.
+fn wal_frames(db: &std::path::Path, page_size: u64) -> u64 {
+    let len = std::fs::metadata(format!("{}-wal", db.display()))
+        .unwrap()
+        .len();
+    len.saturating_sub(32) / (24 + page_size)
+}
+
+#[tokio::test]
+async fn zero_turns_every_automatic_checkpoint_off() {
     let tmp = TempDb::new();
     let off = Db::builder(tmp.path())
         .wal_autocheckpoint(0)
         .build()
         .await
         .unwrap();
-    fill_wal(&off).await;
-    assert_eq!(
-        off.stats().checkpoints,
-        0,
-        "0 turns automatic checkpoints off"
-    );
-    let wal_len = std::fs::metadata(format!("{}-wal", tmp.path().display()))
-        .unwrap()
-        .len();
+    let page_size: u32 = off
+        .read(|c| Ok(c.query_row("PRAGMA page_size", [], |r| r.get(0))?))
+        .await
+        .unwrap();
+    // At least 1400 frames: well past the 1000 pages at which SQLite's own
+    // auto-checkpoint would copy the WAL back and let it start over, so a WAL that holds
+    // every frame shows that SQLite's checkpoint is off too, not only the background one.
+    const WRITES: u64 = 700;
+    fill_wal(&off, WRITES as usize).await;
+    let frames = wal_frames(tmp.path(), u64::from(page_size));
+    let stats = off.stats();
     assert!(
-        wal_len > 200 * 4096,
-        "the WAL kept every frame: {wal_len} bytes"
+        frames >= 2 * WRITES,
+        "the WAL holds {frames} frames, not every frame of {WRITES} writes\n{stats}"
     );
+    assert_eq!(stats.checkpoints + stats.inline_checkpoints, 0, "{stats}");
     off.close().await.unwrap();
 }
 
@@ -269,6 +297,11 @@ async fn many_tasks_write_without_escaped_or_lost_writes() {
 async fn a_failing_write_in_a_group_rolls_back_alone() {
     let tmp = TempDb::new();
     let db = with_table(&tmp).await;
+    // The key write 3 collides with exists before any of the ten is queued, so the
+    // collision does not depend on the order in which the tasks reach the queue.
+    db.write(|c| Ok(c.execute("INSERT INTO t (k, v) VALUES ('taken', 0)", [])?))
+        .await
+        .unwrap();
     let (release, holder) = hold_writer(&db);
     let writes: Vec<_> = (0..10)
         .map(|i| {
@@ -279,7 +312,7 @@ async fn a_failing_write_in_a_group_rolls_back_alone() {
                     c.execute("INSERT INTO t (k, v) VALUES (?1, 2)", [format!("row{i}b")])?;
                     if i == 3 {
                         // Fails after its own two inserts: both must vanish.
-                        c.execute("INSERT INTO t (k, v) VALUES ('row0', 3)", [])?;
+                        c.execute("INSERT INTO t (k, v) VALUES ('taken', 3)", [])?;
                     }
                     Ok(i)
                 })
@@ -295,7 +328,11 @@ async fn a_failing_write_in_a_group_rolls_back_alone() {
         match w.await.unwrap() {
             Ok(v) => assert_eq!(v, i),
             Err(e) => {
-                assert!(e.to_string().contains("UNIQUE"), "{e}");
+                assert_eq!(
+                    e.extended_code(),
+                    Some(rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE),
+                    "{e}"
+                );
                 failed.push(i);
             }
         }
@@ -314,7 +351,7 @@ async fn a_failing_write_in_a_group_rolls_back_alone() {
         })
         .unwrap();
     assert_eq!(k3, 0, "the failed write left nothing behind");
-    assert_eq!(count(tmp.path()), 18);
+    assert_eq!(count(tmp.path()), 1 + 18);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -383,8 +420,11 @@ async fn a_failing_commit_tells_nobody_success_wrongly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_wait_lets_a_lone_write_wait_for_company() {
     let tmp = TempDb::new();
+    // The wait is far longer than the test: the group closes when it is full (the second
+    // write arrives), never because a window ran out.
     let db = Db::builder(tmp.path())
-        .max_wait(Duration::from_millis(500))
+        .max_batch(2)
+        .max_wait(T)
         .build()
         .await
         .unwrap();
@@ -395,7 +435,7 @@ async fn max_wait_lets_a_lone_write_wait_for_company() {
                 .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    wait_for_queue(&db, 1).await;
     db.write(|c| Ok(c.execute_batch("CREATE TABLE b (x)")?))
         .await
         .unwrap();
@@ -609,12 +649,7 @@ async fn another_processes_lock_is_waited_out_with_the_retry_policy() {
     let tmp = TempDb::new();
     let db = Db::builder(tmp.path())
         .busy_timeout(Duration::ZERO)
-        .retry_policy(
-            luca_core::retry::RetryPolicy::new()
-                .with_max_retries(100)
-                .with_delay(Duration::from_millis(2))
-                .with_max_delay(Duration::from_millis(20)),
-        )
+        .retry_policy(patient())
         .build()
         .await
         .unwrap();
@@ -625,11 +660,17 @@ async fn another_processes_lock_is_waited_out_with_the_retry_policy() {
     .unwrap();
     // Another connection (standing in for another process) holds the write lock.
     let lock = luca_testkit::WriteLock::hold(tmp.path()).unwrap();
-    let releaser = lock.release_after(Duration::from_millis(100));
-    db.write(|c| Ok(c.execute("INSERT INTO t (k, v) VALUES ('x', 1)", [])?))
-        .await
-        .unwrap();
-    releaser.join().unwrap().unwrap();
+    let write = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            db.write(|c| Ok(c.execute("INSERT INTO t (k, v) VALUES ('x', 1)", [])?))
+                .await
+        })
+    };
+    // Released once the writer has met it, not after a guessed time.
+    wait_until("the writer met the lock", || db.stats().busy_total() > 0).await;
+    lock.release().unwrap();
+    write.await.unwrap().unwrap();
     let stats = db.stats();
     assert!(stats.retries >= 1, "{stats}");
     assert!(
