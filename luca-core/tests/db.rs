@@ -2,8 +2,11 @@
 //! connections, panics, cancellation), two writer processes, and bad input. Real files,
 //! real tasks, threads and processes.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use luca_core::rusqlite::{self, Connection};
@@ -14,6 +17,12 @@ const T: Duration = Duration::from_secs(30);
 
 async fn with_table(db: &TempDb) -> Db {
     let h = Db::open(db.path()).await.unwrap();
+    create_tables(&h).await;
+    h
+}
+
+/// Creates the tables `t` and `counter` (one write).
+async fn create_tables(h: &Db) {
     h.write(|c| {
         c.execute_batch(
             "CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, k TEXT UNIQUE, v INTEGER NOT NULL);
@@ -24,13 +33,67 @@ async fn with_table(db: &TempDb) -> Db {
     })
     .await
     .unwrap();
-    h
 }
 
 fn count(path: &std::path::Path) -> i64 {
     let c = Connection::open(path).unwrap();
     c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
         .unwrap()
+}
+
+/// The keys of `t` in the order they were inserted.
+fn keys(path: &std::path::Path) -> Vec<String> {
+    let c = Connection::open(path).unwrap();
+    let mut stmt = c.prepare("SELECT k FROM t ORDER BY id").unwrap();
+    stmt.query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// Queues a write that inserts `key` into `t`, on a task of its own.
+fn insert(db: &Db, key: String) -> tokio::task::JoinHandle<luca_core::Result<()>> {
+    let db = db.clone();
+    tokio::spawn(async move {
+        db.write(move |c| {
+            c.execute("INSERT INTO t (k, v) VALUES (?1, 1)", [&key])?;
+            Ok(())
+        })
+        .await
+    })
+}
+
+/// Queues `n` inserts (keys `w00`, `w01`, …) one at a time: each is in the queue before
+/// the next is started, so the queue holds them in this order.
+async fn queue_one_by_one(
+    db: &Db,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<luca_core::Result<()>>> {
+    let before = db.stats().queue_depth;
+    let mut writes = Vec::with_capacity(n);
+    for i in 0..n {
+        writes.push(insert(db, format!("w{i:02}")));
+        wait_for_queue(db, before + i + 1).await;
+    }
+    writes
+}
+
+/// Polls `fut` once: far enough for a write or close to be queued. It must still be
+/// pending.
+async fn poll_once<F: Future>(mut fut: Pin<&mut F>) {
+    std::future::poll_fn(|cx| {
+        assert!(fut.as_mut().poll(cx).is_pending(), "finished at once");
+        Poll::Ready(())
+    })
+    .await;
+}
+
+/// Receives from a std channel without blocking the async worker (bounded by 30 s).
+async fn recv<M: Send + 'static>(rx: std::sync::mpsc::Receiver<M>, what: &'static str) -> M {
+    tokio::task::spawn_blocking(move || rx.recv_timeout(T))
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
 /// Holds the writer thread inside a write until the returned sender fires, so that the
@@ -105,14 +168,27 @@ async fn pragmas_read_back_on_writer_and_readers() {
     assert_eq!(w, (1234, "wal".to_owned(), 1, 1, 0), "writer");
     let r = db.read(move |c| read_pragmas(c)).await.unwrap();
     assert_eq!(r, (1234, "wal".to_owned(), 1, 1, 1), "reader is query_only");
+    assert_eq!(db.path(), tmp.path());
     let refused = db
         .read(|c| Ok(c.execute("CREATE TABLE nope (x)", [])?))
         .await
         .unwrap_err();
     assert!(
-        refused.to_string().contains("readonly") || refused.to_string().contains("query_only"),
-        "{refused}"
+        matches!(&refused, Error::Sqlite(rusqlite::Error::SqliteFailure(e, _))
+            if e.extended_code == rusqlite::ffi::SQLITE_READONLY),
+        "a reader's write fails with SQLITE_READONLY: {refused:?}"
     );
+    let created: i64 = db
+        .write(|c| {
+            Ok(c.query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE name = 'nope'",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+        .unwrap();
+    assert_eq!(created, 0, "the reader's write left nothing behind");
     db.close().await.unwrap();
 }
 
@@ -248,7 +324,14 @@ async fn zero_turns_every_automatic_checkpoint_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_tasks_write_without_escaped_or_lost_writes() {
     let tmp = TempDb::new();
-    let db = with_table(&tmp).await;
+    // No busy_timeout: if two connections of this process ever fought over the write
+    // lock, the loser would get SQLITE_BUSY at once and the stats would count it.
+    let db = Db::builder(tmp.path())
+        .busy_timeout(Duration::ZERO)
+        .build()
+        .await
+        .unwrap();
+    create_tables(&db).await;
     let tasks: Vec<_> = (0..64)
         .map(|t| {
             let db = db.clone();
@@ -288,8 +371,12 @@ async fn many_tasks_write_without_escaped_or_lost_writes() {
     assert_eq!(n, 64 * 50, "every increment kept");
     assert_eq!(stats.writes_ok, 1 + 2 * 64 * 50);
     assert_eq!(stats.writes_failed, 0);
-    assert_eq!(stats.busy_total(), 0, "no busy error inside one process");
-    assert!(stats.commits <= stats.writes_ok);
+    assert_eq!(
+        stats.busy_total(),
+        0,
+        "no busy error inside one process\n{stats}"
+    );
+    assert_eq!(stats.retries, 0, "{stats}");
     assert_eq!(stats.write_latency_ns.count, stats.writes_ok);
 }
 
@@ -551,32 +638,414 @@ async fn a_panicking_read_discards_its_connection_only() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dropped_write_future_commits_all_or_nothing() {
+async fn a_write_dropped_before_its_first_poll_is_never_queued() {
+    let tmp = TempDb::new();
+    let db = with_table(&tmp).await;
+    let ran = Arc::new(AtomicU32::new(0));
+    let ran2 = Arc::clone(&ran);
+    let write = db.write(move |c| {
+        ran2.fetch_add(1, Ordering::SeqCst);
+        c.execute("INSERT INTO t (k, v) VALUES ('dropped', 0)", [])?;
+        Ok(())
+    });
+    drop(write);
+    assert_eq!(db.stats().queue_depth, 0, "nothing was queued");
+    // Writes run in queue order: anything queued before this one has run once it is
+    // answered.
+    db.write(|c| Ok(c.execute("INSERT INTO t (k, v) VALUES ('after', 0)", [])?))
+        .await
+        .unwrap();
+    db.close().await.unwrap();
+    assert_eq!(keys(tmp.path()), ["after"]);
+    assert_eq!(ran.load(Ordering::SeqCst), 0, "the closure never ran");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_dropped_while_queued_still_commits_as_a_whole() {
     let tmp = TempDb::new();
     let db = with_table(&tmp).await;
     let (release, holder) = hold_writer(&db);
     let ran = Arc::new(AtomicU32::new(0));
     let ran2 = Arc::clone(&ran);
-    let write = db.write(move |c| {
+    let mut write = Box::pin(db.write(move |c| {
         ran2.fetch_add(1, Ordering::SeqCst);
         for i in 0..100 {
             c.execute("INSERT INTO t (k, v) VALUES (?1, 0)", [format!("c{i}")])?;
         }
         Ok(())
-    });
-    // The caller gives up while the write is queued.
-    assert!(
-        tokio::time::timeout(Duration::from_millis(20), write)
-            .await
-            .is_err()
-    );
+    }));
+    // The first poll queues the write; then its caller gives up.
+    poll_once(write.as_mut()).await;
+    wait_for_queue(&db, 1).await;
+    drop(write);
     release.send(()).unwrap();
     holder.await.unwrap();
     db.close().await.unwrap();
-    let n = count(tmp.path());
-    assert!(n == 0 || n == 100, "all or nothing, found {n}");
-    assert_eq!(n, 100, "a queued write still runs once its caller is gone");
+    assert_eq!(
+        count(tmp.path()),
+        100,
+        "a queued write still runs once its caller is gone"
+    );
     assert_eq!(ran.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_dropped_while_its_closure_runs_still_commits() {
+    let tmp = TempDb::new();
+    let db = with_table(&tmp).await;
+    let ran = Arc::new(AtomicU32::new(0));
+    let ran2 = Arc::clone(&ran);
+    let (started_tx, started) = std::sync::mpsc::channel::<()>();
+    let (go, go_rx) = std::sync::mpsc::channel::<()>();
+    let go_rx = std::sync::Mutex::new(go_rx);
+    let mut write = Box::pin(db.write(move |c| {
+        ran2.fetch_add(1, Ordering::SeqCst);
+        c.execute("INSERT INTO t (k, v) VALUES ('dropped', 0)", [])?;
+        let _ = started_tx.send(());
+        let _ = go_rx.lock().unwrap().recv_timeout(T);
+        Ok(())
+    }));
+    poll_once(write.as_mut()).await;
+    recv(started, "the closure started").await;
+    // The caller gives up while its closure is running on the writer thread.
+    drop(write);
+    go.send(()).unwrap();
+    db.close().await.unwrap();
+    assert_eq!(keys(tmp.path()), ["dropped"]);
+    assert_eq!(ran.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_writes_commit_as_one_group() {
+    let tmp = TempDb::new();
+    let db = with_table(&tmp).await;
+    let (release, holder) = hold_writer(&db);
+    let writes = queue_one_by_one(&db, 20).await;
+    let before = db.stats();
+    release.send(()).unwrap();
+    holder.await.unwrap();
+    for w in writes {
+        w.await.unwrap().unwrap();
+    }
+    let stats = db.stats();
+    assert_eq!(
+        stats.commits - before.commits,
+        2,
+        "the held write, then one group of twenty\n{stats}"
+    );
+    assert_eq!(stats.group_sizes.max, 20, "{stats}");
+    assert_eq!(stats.max_queue_depth, 20, "{stats}");
+    db.close().await.unwrap();
+    assert_eq!(count(tmp.path()), 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_group_commit_each_write_is_its_own_transaction() {
+    let tmp = TempDb::new();
+    let db = Db::builder(tmp.path())
+        .group_commit(false)
+        .build()
+        .await
+        .unwrap();
+    create_tables(&db).await;
+    let (release, holder) = hold_writer(&db);
+    let writes = queue_one_by_one(&db, 5).await;
+    let before = db.stats();
+    release.send(()).unwrap();
+    holder.await.unwrap();
+    for w in writes {
+        w.await.unwrap().unwrap();
+    }
+    let stats = db.stats();
+    assert_eq!(
+        stats.commits - before.commits,
+        1 + 5,
+        "the held write, then each queued write alone\n{stats}"
+    );
+    assert_eq!(stats.group_sizes.max, 1, "{stats}");
+    db.close().await.unwrap();
+    assert_eq!(count(tmp.path()), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_batch_caps_every_group() {
+    let tmp = TempDb::new();
+    let db = Db::builder(tmp.path()).max_batch(3).build().await.unwrap();
+    create_tables(&db).await;
+    let (release, holder) = hold_writer(&db);
+    let writes = queue_one_by_one(&db, 10).await;
+    let before = db.stats();
+    release.send(()).unwrap();
+    holder.await.unwrap();
+    for w in writes {
+        w.await.unwrap().unwrap();
+    }
+    let stats = db.stats();
+    assert_eq!(
+        stats.commits - before.commits,
+        1 + 4,
+        "the held write, then groups of 3, 3, 3 and 1\n{stats}"
+    );
+    assert_eq!(stats.group_sizes.max, 3, "{stats}");
+    db.close().await.unwrap();
+    assert_eq!(count(tmp.path()), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_commit_in_the_order_they_were_queued() {
+    let tmp = TempDb::new();
+    // Small groups, so the order holds inside a group and from one group to the next.
+    let db = Db::builder(tmp.path()).max_batch(7).build().await.unwrap();
+    create_tables(&db).await;
+    let (release, holder) = hold_writer(&db);
+    let writes = queue_one_by_one(&db, 20).await;
+    release.send(()).unwrap();
+    holder.await.unwrap();
+    for w in writes {
+        w.await.unwrap().unwrap();
+    }
+    db.close().await.unwrap();
+    let want: Vec<String> = (0..20).map(|i| format!("w{i:02}")).collect();
+    assert_eq!(keys(tmp.path()), want, "rows in the file in queue order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_finishes_the_writes_already_queued() {
+    let tmp = TempDb::new();
+    let db = with_table(&tmp).await;
+    let (release, holder) = hold_writer(&db);
+    let writes = queue_one_by_one(&db, 10).await;
+    let mut close = Box::pin(db.close());
+    // The close request is now queued behind the ten writes.
+    poll_once(close.as_mut()).await;
+    release.send(()).unwrap();
+    holder.await.unwrap();
+    close.await.unwrap();
+    for w in writes {
+        w.await
+            .unwrap()
+            .expect("a write queued before close is committed and answered");
+    }
+    assert_eq!(count(tmp.path()), 10);
+    assert!(matches!(
+        db.write(|_| Ok(())).await,
+        Err(Error::Closed { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_racing_close_are_answered_as_the_file_says() {
+    let (mut acked, mut refused) = (0, 0);
+    for _round in 0..20 {
+        let tmp = TempDb::new();
+        let db = with_table(&tmp).await;
+        let writes: Vec<_> = (0..16).map(|i| (i, insert(&db, format!("r{i}")))).collect();
+        let closer = {
+            let db = db.clone();
+            tokio::spawn(async move { db.close().await })
+        };
+        let mut answers = Vec::new();
+        for (i, w) in writes {
+            answers.push((i, w.await.unwrap()));
+        }
+        closer.await.unwrap().unwrap();
+        drop(db);
+        let in_file = keys(tmp.path());
+        for (i, answer) in answers {
+            let present = in_file.contains(&format!("r{i}"));
+            match answer {
+                Ok(()) => {
+                    assert!(present, "write {i} was answered Ok but is not in the file");
+                    acked += 1;
+                }
+                Err(Error::Closed { path }) => {
+                    assert!(!present, "write {i} was answered Closed but is in the file");
+                    assert_eq!(path, tmp.path());
+                    refused += 1;
+                }
+                Err(e) => panic!("write {i}: unexpected error {e:?}"),
+            }
+        }
+    }
+    eprintln!("{acked} writes committed, {refused} refused as closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_queued_when_the_last_handle_drops_still_commit() {
+    let tmp = TempDb::new();
+    let db = with_table(&tmp).await;
+    let ran = Arc::new(AtomicU32::new(0));
+    let (release, holder) = hold_writer(&db);
+    // A caller waiting for its answer holds a handle (its future borrows one), so the
+    // last handle can only go while the writes still queued have lost their callers.
+    for i in 0..10 {
+        let ran = Arc::clone(&ran);
+        let mut write = Box::pin(db.write(move |c| {
+            ran.fetch_add(1, Ordering::SeqCst);
+            c.execute("INSERT INTO t (k, v) VALUES (?1, 0)", [format!("p{i}")])?;
+            Ok(())
+        }));
+        poll_once(write.as_mut()).await;
+    }
+    wait_for_queue(&db, 10).await;
+    drop(db);
+    // The holding task owns the last handle; it drops it once its write is answered.
+    release.send(()).unwrap();
+    holder.await.unwrap();
+    let wal = std::path::PathBuf::from(format!("{}-wal", tmp.path().display()));
+    // The writer thread finishes the queue on its own; the WAL file goes away once its
+    // last connection closed.
+    wait_until("the ten queued writes are in the file", || {
+        count(tmp.path()) == 10
+    })
+    .await;
+    wait_until("the handle's connections closed", || !wal.exists()).await;
+    assert_eq!(ran.load(Ordering::SeqCst), 10, "each closure ran once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_that_finds_no_free_reader_in_time_gets_a_pool_error() {
+    let tmp = TempDb::new();
+    let db = Db::builder(tmp.path())
+        .max_readers(1)
+        .pool_wait_timeout(Some(Duration::from_millis(50)))
+        .build()
+        .await
+        .unwrap();
+    let (started_tx, started) = std::sync::mpsc::channel::<()>();
+    let (release, release_rx) = std::sync::mpsc::channel::<()>();
+    let holder = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            db.read(move |_| {
+                let _ = started_tx.send(());
+                let _ = release_rx.recv_timeout(T);
+                Ok(())
+            })
+            .await
+        })
+    };
+    recv(started, "the first read holds the only reader").await;
+    let err = tokio::time::timeout(T, db.read(|_| Ok(())))
+        .await
+        .expect("the wait for a reader ends at the pool's wait timeout")
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Pool { path, .. } if path == tmp.path()),
+        "{err:?}"
+    );
+    release.send(()).unwrap();
+    holder.await.unwrap().unwrap();
+    db.read(|_| Ok(())).await.expect("the reader is free again");
+    assert_eq!(
+        db.stats().reads,
+        2,
+        "a read that got no connection did not run"
+    );
+    db.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_wait_counts_the_time_spent_behind_a_held_writer() {
+    let tmp = TempDb::new();
+    let db = with_table(&tmp).await;
+    let (release, holder) = hold_writer(&db);
+    let write = insert(&db, "late".into());
+    wait_for_queue(&db, 1).await;
+    let queued = Instant::now();
+    // Not a window: whatever the scheduling, the write has waited at least `waited`.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let waited = u64::try_from(queued.elapsed().as_nanos()).unwrap();
+    release.send(()).unwrap();
+    holder.await.unwrap();
+    write.await.unwrap().unwrap();
+    let stats = db.stats();
+    // Three writes so far (the tables, the held one, this one): p99 is the largest.
+    assert_eq!(stats.lock_wait_ns.count, 3, "{stats}");
+    assert!(
+        stats.lock_wait_ns.max >= waited,
+        "{stats}\nwaited {waited} ns"
+    );
+    assert!(
+        stats.lock_wait_ns.p99 >= waited,
+        "{stats}\nwaited {waited} ns"
+    );
+    assert!(
+        stats.write_latency_ns.max >= waited,
+        "{stats}\nwaited {waited} ns"
+    );
+    db.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn stats_count_rows_and_reads_and_print_them() {
+    let tmp = TempDb::new();
+    let db = Db::open(tmp.path()).await.unwrap();
+    db.write(|c| Ok(c.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER)")?))
+        .await
+        .unwrap();
+    db.write(|c| Ok(c.execute_batch("INSERT INTO t (v) VALUES (1), (2), (3)")?))
+        .await
+        .unwrap();
+    db.write(|c| Ok(c.execute("UPDATE t SET v = v + 10 WHERE v < 3", [])?))
+        .await
+        .unwrap();
+    // Rolled back on its own: its row is not counted.
+    db.write(|c| -> luca_core::Result<()> {
+        c.execute("INSERT INTO t (v) VALUES (4)", [])?;
+        Ok(c.execute_batch("INSERT INTO t (id, v) VALUES (1, 0)")?)
+    })
+    .await
+    .unwrap_err();
+    for _ in 0..4 {
+        db.read(|c| Ok(c.query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))?))
+            .await
+            .unwrap();
+    }
+    let stats = db.stats();
+    assert_eq!(stats.rows_changed, 3 + 2, "{stats}");
+    assert_eq!(stats.reads, 4, "{stats}");
+    assert_eq!(
+        (stats.commits, stats.writes_ok, stats.writes_failed),
+        (3, 3, 1)
+    );
+    let text = stats.to_string();
+    for row in [
+        "commits 3 |",
+        "writes ok 3 failed 1",
+        "rows 5 |",
+        "reads 4 |",
+        "busy 0 retries 0",
+        "queue 0 (max 1)",
+        "checkpoints 0 (+0 inline)",
+    ] {
+        assert!(text.contains(row), "`{row}` missing from\n{text}");
+    }
+    let table_row = |name: &str| -> Vec<String> {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("| {name} ")))
+            .unwrap_or_else(|| panic!("no `{name}` row in\n{text}"));
+        line.split('|')
+            .map(|c| c.trim().to_owned())
+            .filter(|c| !c.is_empty())
+            .collect()
+    };
+    assert_eq!(
+        table_row("distribution"),
+        ["distribution", "count", "p50", "p90", "p99", "p99.9", "max"]
+    );
+    assert_eq!(
+        table_row("group size"),
+        ["group size", "3", "1", "1", "1", "1", "1"]
+    );
+    assert_eq!(table_row("lock wait ms")[1], "4", "{text}");
+    let write_ms = table_row("write ms");
+    assert_eq!(write_ms[1], "4", "{text}");
+    // Milliseconds with three decimals.
+    let max_ms = format!("{:.3}", stats.write_latency_ns.max as f64 / 1e6);
+    assert_eq!(write_ms[6], max_ms, "{text}");
+    db.close().await.unwrap();
 }
 
 #[tokio::test]
