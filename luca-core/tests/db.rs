@@ -1,6 +1,6 @@
 //! `Db`: PRAGMAs, the fair write path, group-commit atomicity, hygiene (dirty
-//! connections, panics, cancellation), two writer processes, and bad input. Real files,
-//! real tasks, threads and processes.
+//! connections, panics, cancellation), close, the stats, and bad input. Real files, real
+//! tasks and threads; two writer processes are in `db_processes.rs`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -1151,80 +1151,94 @@ async fn another_processes_lock_is_waited_out_with_the_retry_policy() {
     assert_eq!(count(tmp.path()), 1);
 }
 
-// --- two writer processes --------------------------------------------------------------
-
-const CHILD_ENV: &str = "LUCA_DB_TEST_CHILD_WRITER";
-const PER_PROCESS: i64 = 1000;
-
-/// No busy_timeout at all: every collision with the other process is a SQLITE_BUSY that
-/// the write path must retry, never hand to the caller.
-fn contended(path: impl AsRef<std::path::Path>) -> luca_core::DbBuilder {
-    Db::builder(path).busy_timeout(Duration::ZERO).retry_policy(
-        luca_core::retry::RetryPolicy::new()
-            .with_max_retries(1000)
-            .with_delay(Duration::from_micros(200))
-            .with_max_delay(Duration::from_millis(10)),
+/// A file with the table `t`, created without a `Db` (whose first write would wait for
+/// company under a long `max_wait`).
+fn plain_table(path: &std::path::Path) {
+    let c = Connection::open(path).unwrap();
+    c.execute_batch(
+        "PRAGMA journal_mode=WAL;
+         CREATE TABLE t (id INTEGER PRIMARY KEY, k TEXT UNIQUE, v INTEGER NOT NULL);",
     )
+    .unwrap();
 }
 
-/// Entry point of the child process (a no-op unless the parent set the variable).
-#[test]
-fn child_writer_process() {
-    let Ok(path) = std::env::var(CHILD_ENV) else {
-        return;
-    };
-    let db = contended(&path).build_blocking().unwrap();
-    for i in 0..PER_PROCESS {
-        db.write_blocking(move |c| {
-            Ok(c.execute("INSERT INTO t (k, v) VALUES (?1, 2)", [format!("child{i}")])?)
-        })
-        .expect("no error escapes the child's writes");
-    }
-    db.close_blocking().unwrap();
+/// A handle whose groups hold exactly `n` writes: `max_wait` outlasts the test, so a
+/// group closes when its `n`-th write arrives.
+fn groups_of(path: &std::path::Path, n: usize) -> luca_core::DbBuilder {
+    Db::builder(path)
+        .busy_timeout(Duration::ZERO)
+        .max_batch(n)
+        .max_wait(T)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_writer_processes_lose_nothing() {
+async fn a_group_out_of_busy_retries_answers_every_caller_busy() {
     let tmp = TempDb::new();
-    let db = Db::builder(tmp.path())
-        .busy_timeout(Duration::from_millis(5))
+    plain_table(tmp.path());
+    let db = groups_of(tmp.path(), 4)
+        .retry_policy(
+            luca_core::retry::RetryPolicy::new()
+                .with_max_retries(2)
+                .with_delay(Duration::from_millis(1)),
+        )
         .build()
         .await
         .unwrap();
-    db.write(|c| {
-        Ok(c.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, k TEXT UNIQUE, v INTEGER)")?)
-    })
-    .await
-    .unwrap();
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["child_writer_process", "--exact", "--test-threads=1"])
-        .env(CHILD_ENV, tmp.path())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    for i in 0..PER_PROCESS {
-        db.write(move |c| {
-            Ok(c.execute(
-                "INSERT INTO t (k, v) VALUES (?1, 1)",
-                [format!("parent{i}")],
-            )?)
-        })
-        .await
-        .expect("no error escapes the parent's writes");
+    // Another connection (standing in for another process) holds the write lock
+    // throughout.
+    let lock = luca_testkit::WriteLock::hold(tmp.path()).unwrap();
+    let writes: Vec<_> = (0..4).map(|i| insert(&db, format!("b{i}"))).collect();
+    for w in writes {
+        let err = w.await.unwrap().unwrap_err();
+        assert_eq!(
+            err.extended_code(),
+            Some(rusqlite::ffi::SQLITE_BUSY),
+            "every caller of the group gets the busy code: {err:?}"
+        );
     }
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "child writer failed: {status}");
     let stats = db.stats();
-    db.close().await.unwrap();
-    assert_eq!(count(tmp.path()), 2 * PER_PROCESS, "0 lost");
-    assert_eq!(stats.writes_failed, 0, "0 escaped");
-    eprintln!(
-        "parent met {} busy errors from the other process",
-        stats.busy_total()
+    let busy = stats.busy_by_code[luca_core::retry::BusyCode::Busy.index()];
+    assert_eq!(
+        (busy, stats.retries),
+        (3, 2),
+        "one group: the first attempt and two retries\n{stats}"
     );
+    assert_eq!((stats.writes_failed, stats.commits), (4, 0), "{stats}");
+    lock.release().unwrap();
+    db.close().await.unwrap();
+    assert_eq!(count(tmp.path()), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_that_meets_another_processes_lock_commits_once_it_is_released() {
+    let tmp = TempDb::new();
+    plain_table(tmp.path());
+    let db = groups_of(tmp.path(), 4)
+        .retry_policy(patient())
+        .build()
+        .await
+        .unwrap();
+    let lock = luca_testkit::WriteLock::hold(tmp.path()).unwrap();
+    let writes: Vec<_> = (0..4).map(|i| insert(&db, format!("b{i}"))).collect();
+    wait_until("the group met the lock", || db.stats().busy_total() > 0).await;
+    lock.release().unwrap();
+    for w in writes {
+        w.await.unwrap().unwrap();
+    }
+    let stats = db.stats();
+    assert_eq!(
+        (
+            stats.commits,
+            stats.group_sizes.count,
+            stats.group_sizes.max
+        ),
+        (1, 1, 4),
+        "the four writes committed together once the lock was released\n{stats}"
+    );
+    assert!(stats.retries >= 1, "{stats}");
+    assert_eq!(stats.writes_failed, 0, "{stats}");
+    db.close().await.unwrap();
+    assert_eq!(count(tmp.path()), 4);
 }
 
 // --- bad input ---------------------------------------------------------------------------
@@ -1295,60 +1309,31 @@ async fn opening_a_corrupt_file_is_a_typed_error() {
     assert_names(&err, tmp.path());
 }
 
-/// Makes a file read-only for everyone, root included, for as long as it lives.
-struct ReadOnlyFile<'a>(&'a std::path::Path, bool);
-
-impl<'a> ReadOnlyFile<'a> {
-    fn new(path: &'a std::path::Path) -> ReadOnlyFile<'a> {
-        // File mode bits do not stop root; the immutable attribute does.
-        let immutable = std::process::Command::new("chattr")
-            .arg("+i")
-            .arg(path)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !immutable {
-            let mut perms = std::fs::metadata(path).unwrap().permissions();
-            perms.set_readonly(true);
-            std::fs::set_permissions(path, perms).unwrap();
-        }
-        assert!(
-            std::fs::OpenOptions::new().write(true).open(path).is_err(),
-            "could not make {} read-only (needs `chattr +i` as root, or a non-root user)",
-            path.display()
-        );
-        ReadOnlyFile(path, immutable)
-    }
-}
-
-impl Drop for ReadOnlyFile<'_> {
-    fn drop(&mut self) {
-        if self.1 {
-            let _ = std::process::Command::new("chattr")
-                .arg("-i")
-                .arg(self.0)
-                .status();
-        } else if let Ok(meta) = std::fs::metadata(self.0) {
-            let mut perms = meta.permissions();
-            #[allow(clippy::permissions_set_readonly_false)]
-            perms.set_readonly(false);
-            let _ = std::fs::set_permissions(self.0, perms);
-        }
-    }
-}
-
 #[tokio::test]
-async fn opening_a_read_only_file_for_writing_is_a_typed_error() {
+async fn opening_a_file_sqlite_can_only_read_is_a_typed_error() {
     let tmp = TempDb::new();
     {
         let c = Connection::open(tmp.path()).unwrap();
         c.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE a (x);")
             .unwrap();
     }
-    let err = {
-        let _ro = ReadOnlyFile::new(tmp.path());
-        Db::open(tmp.path()).await.unwrap_err()
-    };
-    assert!(matches!(err, Error::ReadOnly { .. }), "{err:?}");
-    assert_names(&err, tmp.path());
+    // SQLite opens a file read-only when asked to (`mode=ro`) or when the process may
+    // not write it (file modes, which do not stop root). The URI form holds for every
+    // user, root included; it needs SQLite's URI filenames, which rusqlite enables by
+    // default (SQLITE_OPEN_URI).
+    let uri = std::path::PathBuf::from(format!("file:{}?mode=ro", tmp.path().display()));
+    let err = Db::open(&uri).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::ReadOnly { path } if *path == uri),
+        "opening `{}` needs SQLite URI filenames (SQLITE_OPEN_URI) and must fail with \
+         Error::ReadOnly naming that path: {err:?}",
+        uri.display()
+    );
+    assert_names(&err, &uri);
+    // The file was not changed: it still holds its one table and no `Db` ever wrote it.
+    let c = Connection::open(tmp.path()).unwrap();
+    let tables: i64 = c
+        .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(tables, 1);
 }
