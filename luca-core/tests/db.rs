@@ -97,8 +97,8 @@ async fn recv<M: Send + 'static>(rx: std::sync::mpsc::Receiver<M>, what: &'stati
 }
 
 /// Holds the writer thread inside a write until the returned sender fires, so that the
-/// writes queued meanwhile form one group.
-fn hold_writer(db: &Db) -> (std::sync::mpsc::Sender<()>, tokio::task::JoinHandle<()>) {
+/// writes queued meanwhile form one group. Returns once the writer runs the holding write.
+async fn hold_writer(db: &Db) -> (std::sync::mpsc::Sender<()>, tokio::task::JoinHandle<()>) {
     let (release, wait) = std::sync::mpsc::channel::<()>();
     let wait = std::sync::Mutex::new(wait);
     let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
@@ -112,9 +112,7 @@ fn hold_writer(db: &Db) -> (std::sync::mpsc::Sender<()>, tokio::task::JoinHandle
         .await
         .unwrap();
     });
-    started_rx
-        .recv_timeout(T)
-        .expect("the writer picked up the holding write");
+    recv(started_rx, "the writer picked up the holding write").await;
     (release, task)
 }
 
@@ -389,7 +387,7 @@ async fn a_failing_write_in_a_group_rolls_back_alone() {
     db.write(|c| Ok(c.execute("INSERT INTO t (k, v) VALUES ('taken', 0)", [])?))
         .await
         .unwrap();
-    let (release, holder) = hold_writer(&db);
+    let (release, holder) = hold_writer(&db).await;
     let writes: Vec<_> = (0..10)
         .map(|i| {
             let db = db.clone();
@@ -456,7 +454,7 @@ async fn a_failing_commit_tells_nobody_success_wrongly() {
     })
     .await
     .unwrap();
-    let (release, holder) = hold_writer(&db);
+    let (release, holder) = hold_writer(&db).await;
     let writes: Vec<_> = (0..8i64)
         .map(|i| {
             let db = db.clone();
@@ -536,7 +534,7 @@ async fn max_wait_lets_a_lone_write_wait_for_company() {
 async fn a_panicking_write_does_not_poison_the_others() {
     let tmp = TempDb::new();
     let db = with_table(&tmp).await;
-    let (release, holder) = hold_writer(&db);
+    let (release, holder) = hold_writer(&db).await;
     let good = {
         let db = db.clone();
         tokio::spawn(async move {
@@ -664,7 +662,7 @@ async fn a_write_dropped_before_its_first_poll_is_never_queued() {
 async fn a_write_dropped_while_queued_still_commits_as_a_whole() {
     let tmp = TempDb::new();
     let db = with_table(&tmp).await;
-    let (release, holder) = hold_writer(&db);
+    let (release, holder) = hold_writer(&db).await;
     let ran = Arc::new(AtomicU32::new(0));
     let ran2 = Arc::clone(&ran);
     let mut write = Box::pin(db.write(move |c| {
@@ -719,7 +717,7 @@ async fn a_write_dropped_while_its_closure_runs_still_commits() {
 async fn queued_writes_commit_as_one_group() {
     let tmp = TempDb::new();
     let db = with_table(&tmp).await;
-    let (release, holder) = hold_writer(&db);
+    let (release, holder) = hold_writer(&db).await;
     let writes = queue_one_by_one(&db, 20).await;
     let before = db.stats();
     release.send(()).unwrap();
@@ -748,7 +746,7 @@ async fn without_group_commit_each_write_is_its_own_transaction() {
         .await
         .unwrap();
     create_tables(&db).await;
-    let (release, holder) = hold_writer(&db);
+    let (release, holder) = hold_writer(&db).await;
     let writes = queue_one_by_one(&db, 5).await;
     let before = db.stats();
     release.send(()).unwrap();
@@ -772,7 +770,7 @@ async fn max_batch_caps_every_group() {
     let tmp = TempDb::new();
     let db = Db::builder(tmp.path()).max_batch(3).build().await.unwrap();
     create_tables(&db).await;
-    let (release, holder) = hold_writer(&db);
+    let (release, holder) = hold_writer(&db).await;
     let writes = queue_one_by_one(&db, 10).await;
     let before = db.stats();
     release.send(()).unwrap();
@@ -797,7 +795,7 @@ async fn writes_commit_in_the_order_they_were_queued() {
     // Small groups, so the order holds inside a group and from one group to the next.
     let db = Db::builder(tmp.path()).max_batch(7).build().await.unwrap();
     create_tables(&db).await;
-    let (release, holder) = hold_writer(&db);
+    let (release, holder) = hold_writer(&db).await;
     let writes = queue_one_by_one(&db, 20).await;
     release.send(()).unwrap();
     holder.await.unwrap();
@@ -813,7 +811,7 @@ async fn writes_commit_in_the_order_they_were_queued() {
 async fn close_finishes_the_writes_already_queued() {
     let tmp = TempDb::new();
     let db = with_table(&tmp).await;
-    let (release, holder) = hold_writer(&db);
+    let (release, holder) = hold_writer(&db).await;
     let writes = queue_one_by_one(&db, 10).await;
     let mut close = Box::pin(db.close());
     // The close request is now queued behind the ten writes.
@@ -875,7 +873,7 @@ async fn writes_queued_when_the_last_handle_drops_still_commit() {
     let tmp = TempDb::new();
     let db = with_table(&tmp).await;
     let ran = Arc::new(AtomicU32::new(0));
-    let (release, holder) = hold_writer(&db);
+    let (release, holder) = hold_writer(&db).await;
     // A caller waiting for its answer holds a handle (its future borrows one), so the
     // last handle can only go while the writes still queued have lost their callers.
     for i in 0..10 {
@@ -949,7 +947,7 @@ async fn a_read_that_finds_no_free_reader_in_time_gets_a_pool_error() {
 async fn lock_wait_counts_the_time_spent_behind_a_held_writer() {
     let tmp = TempDb::new();
     let db = with_table(&tmp).await;
-    let (release, holder) = hold_writer(&db);
+    let (release, holder) = hold_writer(&db).await;
     let write = insert(&db, "late".into());
     wait_for_queue(&db, 1).await;
     let queued = Instant::now();
