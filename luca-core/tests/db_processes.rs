@@ -50,6 +50,7 @@ fn main() {
         .unwrap()
         .block_on(parent());
     println!("test {NAME} ... ok ({:.2?})", started.elapsed());
+    println!("\ntest result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out");
 }
 
 /// Reads `cargo test`'s arguments as the standard harness would, for the one test here:
