@@ -1014,7 +1014,8 @@ async fn stats_count_rows_and_reads_and_print_them() {
         "rows 5 |",
         "reads 4 |",
         "busy 0 retries 0",
-        "queue 0 (max 1)",
+        "queue 0 (max 1, waited for room 0)",
+        "sqlite rollbacks 0 | refused 0 | reopens 0",
         "checkpoints 0 (+0 inline)",
     ] {
         assert!(text.contains(row), "`{row}` missing from\n{text}");

@@ -165,6 +165,11 @@ async fn raise_rollback_fails_its_writer_alone_and_the_group_commits() {
         2 + 1,
         "setup row and the two committed rows"
     );
+    assert_eq!(
+        stats.lock_wait_ns.count - lock_waits_before,
+        1 + 3,
+        "one lock wait per write (the holder and three), though `a` ran twice"
+    );
     db.close().await.unwrap();
 }
 
