@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use luca_core::Error;
 use luca_core::pragmas::{self, Pragmas};
-use luca_core::rusqlite::{self, Connection, OpenFlags, ffi};
+use luca_core::rusqlite::{Connection, OpenFlags, ffi};
 use luca_testkit::TempDb;
 
 fn journal_mode(conn: &Connection) -> String {
