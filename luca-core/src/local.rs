@@ -42,6 +42,10 @@
 //! commit it after the nested call returns. Only the outermost call cleans up. If the
 //! rollback itself fails, the connection is dropped from the cache (closing it rolls the
 //! transaction back) and the next call opens a fresh one.
+//!
+//! So `#[db_retry]` on a function that calls `with_connection` re-runs each attempt on a
+//! connection outside any transaction: a busy error between `BEGIN` and `COMMIT` leaves
+//! nothing behind.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
