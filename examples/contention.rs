@@ -7,19 +7,22 @@
 //! 2. a thread reuses its connection (`luca_core::local`);
 //! 3. 10 threads × 20 writes through `#[db_retry]` functions, every one of the 200 rows
 //!    verified afterwards;
-//! 4. a write that meets a held write lock is retried and succeeds once the lock goes.
+//! 4. a write that meets a held write lock is retried and succeeds once the lock goes (the
+//!    lock is released by the retry hook, on the busy event itself, so the check does not
+//!    depend on timing).
 //!
 //! ```text
 //! cargo run --release --example contention
 //! ```
 
 use std::process::ExitCode;
-use std::sync::Barrier;
+use std::sync::{Barrier, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use luca_core::db_retry;
 use luca_core::local::{cleanup_connections, open_connections, with_connection};
 use luca_core::pragmas::{self, Pragmas};
+use luca_core::retry::RetryEvent;
 use luca_core::rusqlite::{Connection, TransactionBehavior};
 use luca_testkit::{TempDb, WriteLock};
 
@@ -99,22 +102,17 @@ fn check_reuse(db: &TempDb) -> CheckResult {
     }
 }
 
-/// One write: a whole `BEGIN IMMEDIATE … COMMIT` transaction, retried as a whole.
+/// One write: a whole `BEGIN IMMEDIATE … COMMIT` transaction, retried as a whole. An early
+/// `?` leaves nothing open: `with_connection` rolls back what its closure did not commit.
 #[db_retry(max_retries = 10, delay_ms = 5)]
 fn insert_row(path: &std::path::Path, thread: usize, seq: usize) -> luca_core::Result<()> {
     with_connection(path, |conn| {
         conn.execute_batch("BEGIN IMMEDIATE")?;
-        let outcome = conn.execute(
+        conn.execute(
             "INSERT INTO writes (thread, seq) VALUES (?1, ?2)",
             [thread as i64, seq as i64],
-        );
-        match outcome {
-            Ok(_) => conn.execute_batch("COMMIT")?,
-            Err(e) => {
-                conn.execute_batch("ROLLBACK")?;
-                return Err(e.into());
-            }
-        }
+        )?;
+        conn.execute_batch("COMMIT")?;
         Ok(())
     })
 }
@@ -184,9 +182,26 @@ fn check_concurrent_writes(db: &TempDb) -> CheckResult {
     }
 }
 
-/// A write on a connection whose own busy handler gives up after 20 ms, so a held lock
+/// The write lock check 4 holds; the retry hook releases it.
+static HELD_LOCK: Mutex<Option<WriteLock>> = Mutex::new(None);
+
+/// Called by `#[db_retry]` before it sleeps for a retry: the write has met the lock, so
+/// let it go now and the next attempt gets through.
+fn release_held_lock(_event: &RetryEvent) {
+    let lock = HELD_LOCK
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
+    if let Some(lock) = lock {
+        // Dropping a `WriteLock` rolls back its empty transaction as well; `release`
+        // reports a failure, which the next attempt would then meet as a busy error.
+        let _ = lock.release();
+    }
+}
+
+/// A write on a connection whose own busy handler gives up at once, so a held lock
 /// surfaces as SQLITE_BUSY and `#[db_retry]` has to retry it.
-#[db_retry(max_retries = 8, delay_ms = 20, jitter = "none")]
+#[db_retry(max_retries = 8, delay_ms = 5, jitter = "none", on_retry = release_held_lock)]
 fn write_past_lock(conn: &mut Connection) -> luca_core::Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     tx.execute("INSERT INTO writes (thread, seq) VALUES (-1, -1)", [])?;
@@ -195,23 +210,30 @@ fn write_past_lock(conn: &mut Connection) -> luca_core::Result<()> {
 }
 
 fn check_retry_on_lock(db: &TempDb) -> CheckResult {
-    let mut conn = pragmas::open(
-        db.path(),
-        &Pragmas::new().with_busy_timeout(Duration::from_millis(20)),
-    )
-    .map_err(|e| e.to_string())?;
+    let mut conn = pragmas::open(db.path(), &Pragmas::new().with_busy_timeout(Duration::ZERO))
+        .map_err(|e| e.to_string())?;
     let lock = WriteLock::hold(db.path()).map_err(|e| e.to_string())?;
-    let releaser = lock.release_after(Duration::from_millis(150));
+    *HELD_LOCK.lock().unwrap_or_else(PoisonError::into_inner) = Some(lock);
     let before = luca_core::metrics().snapshot();
     let outcome = write_past_lock(&mut conn);
-    let retries = luca_core::metrics().snapshot().since(&before).retries();
-    releaser
-        .join()
-        .map_err(|_| "the lock holder panicked".to_owned())?
-        .map_err(|e| e.to_string())?;
-    outcome.map_err(|e| format!("write failed after {retries} retries: {e}"))?;
-    if retries == 0 {
+    let delta = luca_core::metrics().snapshot().since(&before);
+    let still_held = HELD_LOCK
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take()
+        .is_some();
+    outcome.map_err(|e| format!("write failed after {} retries: {e}", delta.retries()))?;
+    if still_held || delta.retries() == 0 {
         return Err("the write succeeded without meeting the lock".to_owned());
     }
-    Ok(format!("retried {retries} times, then the write succeeded"))
+    if delta.calls_recovered != 1 {
+        return Err(format!(
+            "expected one call to recover after retrying, metrics say {}",
+            delta.calls_recovered
+        ));
+    }
+    Ok(format!(
+        "met the lock, retried {} time(s), then the write succeeded",
+        delta.retries()
+    ))
 }

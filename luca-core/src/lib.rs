@@ -193,3 +193,8 @@ pub use luca_macros::db_retry;
 pub use luca_macros::shared_state;
 
 pub use rusqlite;
+
+/// The workspace README's code blocks, compiled and run as doctests of this crate.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct WorkspaceReadme;

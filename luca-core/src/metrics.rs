@@ -4,13 +4,43 @@
 //! and [`retry_async`](crate::retry::retry_async) is counted here. Counters are relaxed
 //! atomics, touched only when a call meets a busy error: the success path never writes them.
 //!
+//! Measure one piece of work as the difference of two snapshots. Here a closure meets
+//! `SQLITE_BUSY` twice (as a write does while another connection holds the write lock)
+//! and then succeeds:
+//!
 //! ```
+//! use std::time::Duration;
+//! use luca_core::retry::{retry_sync, BusyCode, Jitter, RetryPolicy};
+//! use luca_core::rusqlite::{ffi, Error};
+//!
+//! let policy = RetryPolicy::new()
+//!     .with_delay(Duration::from_millis(1))
+//!     .with_jitter(Jitter::None); // delays of exactly 1 ms, then 2 ms
 //! let before = luca_core::metrics().snapshot();
-//! // … run the workload …
+//!
+//! let mut attempts = 0;
+//! let n: i64 = retry_sync(&policy, || {
+//!     attempts += 1;
+//!     if attempts < 3 {
+//!         return Err(Error::SqliteFailure(ffi::Error::new(ffi::SQLITE_BUSY), None));
+//!     }
+//!     Ok(42)
+//! })?;
+//!
 //! let delta = luca_core::metrics().snapshot().since(&before);
-//! assert_eq!(delta.calls_gave_up, 0);
+//! assert_eq!(n, 42);
+//! assert_eq!(delta.busy_for(BusyCode::Busy), 2);
+//! assert_eq!(delta.retries(), 2);
+//! assert_eq!((delta.calls_retried, delta.calls_recovered, delta.calls_gave_up), (1, 1, 0));
+//! assert_eq!(delta.attempts, 3);
+//! assert_eq!(delta.slept, Duration::from_millis(3));
+//! assert!(delta.to_string().starts_with("retries 2 | calls retried 1 recovered 1"));
 //! println!("{delta}");
+//! # Ok::<(), Error>(())
 //! ```
+//!
+//! The counters belong to the whole process: a delta also counts retries other threads
+//! made meanwhile.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use luca_core::Error;
 use luca_core::pragmas::{self, Pragmas};
 use luca_core::retry::{BusyCode, Retryable};
 use luca_core::rusqlite::{self, Connection, ErrorCode};
@@ -115,7 +116,11 @@ fn temp_db_is_kept_when_the_test_panics() {
         panic!("deliberate failure inside a test using TempDb");
     })
     .join();
-    assert!(outcome.is_err(), "the thread panicked");
+    let payload = outcome.expect_err("the thread panicked");
+    assert_eq!(
+        payload.downcast_ref::<&str>(),
+        Some(&"deliberate failure inside a test using TempDb")
+    );
     let path = rx.recv_timeout(Duration::from_secs(10)).unwrap();
     let dir = path.parent().unwrap().to_path_buf();
     let kept = path.is_file();
@@ -224,6 +229,28 @@ fn a_second_write_lock_waits_for_the_first() {
     other.execute_batch("ROLLBACK").unwrap();
 }
 
+/// A path whose directory does not exist: SQLite cannot open it.
+fn unopenable(db: &TempDb) -> PathBuf {
+    db.path().parent().unwrap().join("missing").join("x.db")
+}
+
+/// The error for a file SQLite could not open: `Error::Open` naming `path`, with
+/// `SQLITE_CANTOPEN`.
+fn assert_cannot_open(err: &Error, path: &Path) {
+    match err {
+        Error::Open { path: p, source } => {
+            assert_eq!(p, path);
+            assert_eq!(
+                source.sqlite_error_code(),
+                Some(ErrorCode::CannotOpen),
+                "{err}"
+            );
+        }
+        other => panic!("expected Error::Open for {}, got {other:?}", path.display()),
+    }
+    assert!(err.to_string().contains("missing"), "names the file: {err}");
+}
+
 #[test]
 fn force_busy_needs_a_held_lock() {
     let db = TempDb::new();
@@ -234,18 +261,25 @@ fn force_busy_needs_a_held_lock() {
         assert_eq!(err.busy_code(), Some(BusyCode::Busy));
     }
     lock.release().unwrap();
+    // Without a lock the write succeeds, and force_busy says so with its own error: not a
+    // busy error, not an open error.
+    let err = force_busy(db.path()).unwrap_err();
     assert!(
-        force_busy(db.path()).is_err(),
-        "without a lock the write succeeds, and force_busy says so"
+        matches!(err, Error::Sqlite(rusqlite::Error::InvalidQuery)),
+        "the write succeeded, reported as InvalidQuery: {err:?}"
     );
+    assert_eq!(err.busy_code(), None);
+    // The file that does not open is told apart from the write that succeeded.
+    let bad = unopenable(&db);
+    assert_cannot_open(&force_busy(&bad).unwrap_err(), &bad);
 }
 
 #[test]
 fn write_lock_on_an_unopenable_path_is_an_error() {
     let db = TempDb::new();
-    let bad = db.path().parent().unwrap().join("missing").join("x.db");
+    let bad = unopenable(&db);
     let err = WriteLock::hold(&bad).unwrap_err();
-    assert!(err.to_string().contains("missing"), "{err}");
+    assert_cannot_open(&err, &bad);
 }
 
 // --- BUSY_SNAPSHOT -------------------------------------------------------------------------
