@@ -115,6 +115,19 @@ pub enum Error {
         call: &'static str,
     },
 
+    /// A [`local::with_connection`](crate::local::with_connection) closure returned `Ok`
+    /// with a transaction still open. The transaction was rolled back, so what the closure
+    /// wrote is not in the file; commit inside the closure.
+    #[error(
+        "a `with_connection` closure for `{}` returned with a transaction open; it was \
+         rolled back: run `COMMIT` inside the closure",
+        path.display()
+    )]
+    TransactionLeftOpen {
+        /// The database file.
+        path: PathBuf,
+    },
+
     /// A setting that cannot work, refused before anything was opened.
     #[error("invalid setting `{setting}`: {reason}")]
     InvalidSetting {
@@ -151,6 +164,7 @@ impl Error {
             | Error::TransactionEnded
             | Error::Refused { .. }
             | Error::Reentered { .. }
+            | Error::TransactionLeftOpen { .. }
             | Error::InvalidSetting { .. } => None,
         }
     }

@@ -33,9 +33,9 @@
 //! - the closure returned `Err` (an early `?` between `BEGIN` and `COMMIT`): rolled back,
 //!   the closure's error is returned;
 //! - the closure panicked: rolled back while the panic unwinds, and the panic goes on;
-//! - the closure returned `Ok` without committing: rolled back, and the call returns an
-//!   error (`SQLITE_MISUSE`, "… returned with a transaction open …") instead of the
-//!   value, because the writes the closure made are not in the file.
+//! - the closure returned `Ok` without committing: rolled back, and the call returns
+//!   [`Error::TransactionLeftOpen`] instead of the value, because the writes the closure
+//!   made are not in the file.
 //!
 //! A nested call for the same connection (`with_connection` for the same file from inside
 //! a closure) never rolls back: the transaction belongs to the outermost call, which may
@@ -95,7 +95,7 @@ fn key(path: &Path) -> Result<PathBuf> {
 /// # Errors
 /// Opening errors as in [`pragmas::open`], and whatever `f` returns. When `f` returns
 /// `Ok` from the outermost call with a transaction still open, the transaction is rolled
-/// back and an [`Error::Sqlite`] with `SQLITE_MISUSE` is returned instead.
+/// back and [`Error::TransactionLeftOpen`] is returned instead.
 pub fn with_connection<T, F>(path: impl AsRef<Path>, f: F) -> Result<T>
 where
     F: FnOnce(&Connection) -> Result<T>,
@@ -107,14 +107,9 @@ where
     // Rolls back an open transaction when this is the outermost call, also on a panic.
     drop(guard);
     match result {
-        Ok(_) if left_open => Err(Error::Sqlite(rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISUSE),
-            Some(
-                "a `with_connection` closure returned with a transaction open; \
-                 it was rolled back: run `COMMIT` inside the closure"
-                    .to_owned(),
-            ),
-        ))),
+        Ok(_) if left_open => Err(Error::TransactionLeftOpen {
+            path: path.as_ref().to_path_buf(),
+        }),
         other => other,
     }
 }

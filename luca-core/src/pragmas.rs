@@ -115,7 +115,8 @@ pub(crate) fn busy_timeout_ms(d: Duration) -> Option<i32> {
 /// PRAGMA fails (for example a file that is not a database);
 /// [`Error::InvalidSetting`] for a `busy_timeout` longer than SQLite can wait.
 pub fn apply(conn: &Connection, pragmas: &Pragmas) -> Result<()> {
-    let path = || PathBuf::from(conn.path().unwrap_or(":memory:"));
+    // SQLite names an in-memory or temporary database with an empty path.
+    let path = || PathBuf::from(conn.path().filter(|p| !p.is_empty()).unwrap_or(":memory:"));
     let open_err = |source| Error::Open {
         path: path(),
         source,

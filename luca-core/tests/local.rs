@@ -151,7 +151,10 @@ fn ok_without_commit_is_rolled_back_and_reported() {
             Ok(42)
         })
         .unwrap_err();
-        assert_eq!(extended(&err), Some(rusqlite::ffi::SQLITE_MISUSE), "{err}");
+        assert!(
+            matches!(&err, luca_core::Error::TransactionLeftOpen { path } if path == db.path()),
+            "{err:?}"
+        );
         assert!(
             err.to_string().contains("transaction open"),
             "the message says what happened: {err}"
@@ -320,5 +323,37 @@ fn each_connection_is_cleaned_up_by_its_own_outermost_call() {
         assert_eq!(committed_ids(a.path()), [1]);
         assert_eq!(committed_ids(b.path()), Vec::<i64>::new());
         assert_eq!(cleanup_connections(), 2);
+    });
+}
+
+#[test]
+fn a_connection_whose_rollback_fails_is_dropped_not_handed_on() {
+    use luca_core::rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+    let db = TempDb::new();
+    on_fresh_thread(|| {
+        create_table(db.path());
+        let err = with_connection(db.path(), |c| {
+            c.execute_batch("BEGIN IMMEDIATE")?;
+            c.execute("INSERT INTO t VALUES (7)", [])?;
+            // A hostile closure makes the ROLLBACK at the end of the call fail.
+            c.authorizer(Some(|ctx: AuthContext<'_>| match ctx.action {
+                AuthAction::Transaction { .. } => Authorization::Deny,
+                _ => Authorization::Allow,
+            }))?;
+            Err::<(), _>(luca_core::Error::from(
+                rusqlite::Error::InvalidParameterName("give up".into()),
+            ))
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("give up"), "{err}");
+        assert_eq!(open_connections(), 0, "the stuck connection left the cache");
+        write_lock_is_free(db.path()).expect("closing it released the write lock");
+        assert!(
+            committed_ids(db.path()).is_empty(),
+            "and rolled the insert back"
+        );
+        // The next call opens a fresh connection, outside any transaction.
+        assert!(cached_is_autocommit(db.path()));
+        cleanup_connections();
     });
 }

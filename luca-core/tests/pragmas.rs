@@ -41,8 +41,8 @@ fn an_in_memory_database_cannot_be_wal() {
     // only through the mode it reads back.
     let conn = Connection::open_in_memory().unwrap();
     let err = pragmas::apply(&conn, &Pragmas::new()).unwrap_err();
-    // rusqlite reports an in-memory database's file name as "".
-    let mode = not_wal_mode(&err, Path::new(""));
+    // rusqlite reports an in-memory database's file name as ""; the error names it.
+    let mode = not_wal_mode(&err, Path::new(":memory:"));
     assert_eq!(mode, "memory");
     assert_eq!(journal_mode(&conn), "memory");
     assert!(err.extended_code().is_none(), "not a SQLite error: {err:?}");

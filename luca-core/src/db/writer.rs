@@ -794,6 +794,7 @@ fn clone_error(e: &Error) -> Error {
             reason,
         },
         Error::Reentered { call } => Error::Reentered { call },
+        Error::TransactionLeftOpen { path } => Error::TransactionLeftOpen { path: path.clone() },
         Error::InvalidSetting { setting, reason } => Error::InvalidSetting {
             setting,
             reason: reason.clone(),
