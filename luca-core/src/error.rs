@@ -111,7 +111,8 @@ pub enum Error {
          for itself forever; use the closure's `&Connection` instead"
     )]
     Reentered {
-        /// The call that was refused, such as `Db::write_blocking`.
+        /// The call that was refused: `Db::write` (also through `Db::write_blocking`) or
+        /// `Db::close`.
         call: &'static str,
     },
 

@@ -1,7 +1,7 @@
 //! [`Db`]: a WAL connection pool for many concurrent tasks, with one fair write path and
 //! group commit.
 //!
-//! Reads run on a bounded pool of `query_only` connections (deadpool's managed pool; no
+//! Reads run on a bounded pool of read-only connections (deadpool's managed pool; no
 //! round trip to SQLite on checkout). Writes go through one FIFO queue to one writer
 //! thread that owns the write connection: inside one process, writers never fight over
 //! SQLite's file lock, so the busy handler only ever waits on other processes. While
@@ -453,7 +453,8 @@ impl Db {
         &self.inner.path
     }
 
-    /// Runs `f` on a reader connection (`query_only`; it sees the last committed state).
+    /// Runs `f` on a reader connection (opened read-only, so nothing `f` runs can write,
+    /// whatever PRAGMA it sets; it sees the last committed state).
     /// `f` runs on a blocking thread, never on the async worker.
     ///
     /// A connection `f` leaves inside an open transaction is rolled back before anyone
