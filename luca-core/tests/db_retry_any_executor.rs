@@ -11,16 +11,8 @@ use luca_core::retry::{BusyCode, RetryEvent, RetryPolicy, retry_async};
 use luca_core::rusqlite::{self, Connection};
 use luca_testkit::{TempDb, WriteLock};
 
-fn open(db: &TempDb) -> Connection {
-    let conn = luca_core::pragmas::open(
-        db.path(),
-        &luca_core::pragmas::Pragmas::new().with_busy_timeout(Duration::ZERO),
-    )
-    .unwrap();
-    conn.execute_batch("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v INTEGER NOT NULL)")
-        .unwrap();
-    conn
-}
+mod common;
+use common::open;
 
 /// Runs `f` on its own thread and waits at most 30 s for it, so a sleep that is never
 /// woken fails the test instead of hanging it.

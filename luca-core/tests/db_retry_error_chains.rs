@@ -4,7 +4,6 @@
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
 
 use luca_core::db_retry;
 use luca_core::retry::{BusyCode, RetryEvent, Retryable, classify};
@@ -21,16 +20,8 @@ enum AppError {
     Missing(i64),
 }
 
-fn open(db: &TempDb) -> Connection {
-    let conn = luca_core::pragmas::open(
-        db.path(),
-        &luca_core::pragmas::Pragmas::new().with_busy_timeout(Duration::ZERO),
-    )
-    .unwrap();
-    conn.execute_batch("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v INTEGER NOT NULL)")
-        .unwrap();
-    conn
-}
+mod common;
+use common::open;
 
 /// Takes the lock out of `slot` and releases it: called from `on_retry`, so the lock is
 /// held for the first attempt and gone for the second, whatever the timing.

@@ -12,16 +12,8 @@ fn busy() -> rusqlite::Error {
     rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(5), None)
 }
 
-fn open(db: &TempDb) -> Connection {
-    let conn = luca_core::pragmas::open(
-        db.path(),
-        &luca_core::pragmas::Pragmas::new().with_busy_timeout(Duration::ZERO),
-    )
-    .unwrap();
-    conn.execute_batch("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v INTEGER NOT NULL)")
-        .unwrap();
-    conn
-}
+mod common;
+use common::open;
 
 // --- free functions -------------------------------------------------------------------
 
