@@ -18,6 +18,8 @@ pub(crate) struct Function {
 pub(crate) struct Body {
     pub(crate) inner_attrs: Vec<Attribute>,
     pub(crate) stmts: Vec<Stmt>,
+    /// The braces: where errors about the body as a whole point.
+    pub(crate) span: proc_macro2::Span,
 }
 
 impl Function {
@@ -41,10 +43,11 @@ impl Parse for Function {
             None
         } else {
             let content;
-            syn::braced!(content in input);
+            let brace = syn::braced!(content in input);
             Some(Body {
                 inner_attrs: content.call(Attribute::parse_inner)?,
                 stmts: content.call(Block::parse_within)?,
+                span: brace.span.open(),
             })
         };
         if !input.is_empty() {

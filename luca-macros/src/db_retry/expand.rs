@@ -159,10 +159,14 @@ pub(crate) fn expand(f: &Function, args: &Args) -> TokenStream {
         // stack spills on the success path), and since it must be `FnMut` to run again, a
         // body that consumes an argument is rejected at compile time.
         let start = read_start(quote!(#p::now_sync));
+        // Spanned at the body's brace, so that a body that moves an argument out (a
+        // closure that is only `FnOnce`) is reported at the body and the moved argument,
+        // not at the attribute.
+        let closure = quote_spanned!(body.span=> move || { #fake_return #(#stmts)* });
         quote! {
             let #started = #start;
             #[allow(unused_mut)]
-            let mut #attempt_fn = move || { #fake_return #(#stmts)* };
+            let mut #attempt_fn = #closure;
             let #result #annotation = #attempt_fn();
             // Success leaves through a fresh `Ok`, written straight into the caller's
             // return slot; any error goes to the out-of-line retry path.
