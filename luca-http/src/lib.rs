@@ -1,0 +1,7 @@
+#![doc = include_str!("../README.md")]
+
+pub mod breaker;
+pub mod client;
+pub mod metrics;
+pub mod polite;
+pub mod retry_queue;
