@@ -5,3 +5,8 @@ pub mod client;
 pub mod metrics;
 pub mod polite;
 pub mod retry_queue;
+
+pub use breaker::{BreakerConfig, HostBreaker, Open, Permit};
+pub use client::{ClientConfig, ClientError, InsecureTls, client, configure, insecure_client};
+pub use metrics::{MetricsSnapshot, RunMetrics};
+pub use polite::{PoliteConfig, Politeness, Slot};
