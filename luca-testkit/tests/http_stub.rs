@@ -465,16 +465,32 @@ async fn drop_closes_the_port_and_open_connections() {
 async fn shutdown_waits_for_every_task() {
     let stub = HttpStub::start().await.unwrap();
     let never = Gate::new();
+    // The script's body is owned by `owner`: it is freed only when the stub's state is,
+    // i.e. when the stub and every one of its tasks are gone.
+    let owner = Arc::new(b"never".to_vec());
+    let state_alive = Arc::downgrade(&owner);
     stub.on("/held")
-        .respond(Reply::ok("never").after(never.clone()));
+        .respond(Reply::ok(Bytes::from_owner(Owned(owner))).after(never.clone()));
     let addr = stub.addr();
     let held = tokio::spawn(async move { get(addr, "h", "/held").await });
     assert!(stub.wait_for_hits("/held", 1, BOUND).await);
     bounded("shutdown", stub.shutdown()).await;
+    assert!(
+        state_alive.upgrade().is_none(),
+        "a task still holds the stub's state after shutdown returned"
+    );
     assert!(TcpStream::connect(addr).await.is_err());
     let outcome = bounded("held GET after shutdown", held).await.unwrap();
     assert!(outcome.is_err(), "the held request ends with the stub");
     assert!(!never.is_open());
+}
+
+struct Owned(Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for Owned {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
 }
 
 #[test]
