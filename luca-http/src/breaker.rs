@@ -39,6 +39,8 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
+type ApiPredicate = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// Settings of a [`HostBreaker`].
 #[derive(Clone)]
 pub struct BreakerConfig {
@@ -46,7 +48,7 @@ pub struct BreakerConfig {
     api_base: Duration,
     max: Duration,
     api_hosts: Vec<String>,
-    api_predicate: Option<Arc<dyn Fn(&str) -> bool + Send + Sync>>,
+    api_predicate: Option<ApiPredicate>,
     probe_deadline: Duration,
     idle_ttl: Duration,
     shards: usize,
@@ -131,7 +133,8 @@ impl BreakerConfig {
     }
 
     fn is_api(&self, host: &str) -> bool {
-        self.api_hosts.iter().any(|h| h == host) || self.api_predicate.as_ref().is_some_and(|f| f(host))
+        self.api_hosts.iter().any(|h| h == host)
+            || self.api_predicate.as_ref().is_some_and(|f| f(host))
     }
 
     /// The penalty after the `n`-th consecutive failure (`n ≥ 1`):
@@ -464,7 +467,11 @@ impl Inner {
             }
             (State::HalfOpen { probe, .. }, Kind::Probe(p), Some(ra)) if probe == p => {
                 e.failures = e.failures.saturating_add(1);
-                let until = now + self.cfg.penalty(e.api, e.failures).max(ra.unwrap_or_default());
+                let until = now
+                    + self
+                        .cfg
+                        .penalty(e.api, e.failures)
+                        .max(ra.unwrap_or_default());
                 e.state = State::Open { until };
                 self.trips.fetch_add(1, Ordering::Relaxed);
             }

@@ -207,7 +207,12 @@ impl fmt::Display for MetricsSnapshot {
             ("breaker trips", self.breaker_trips),
             ("open hosts", self.open_hosts),
         ];
-        let width = rows.iter().map(|(_, v)| v.to_string().len()).max().unwrap_or(1).max(5);
+        let width = rows
+            .iter()
+            .map(|(_, v)| v.to_string().len())
+            .max()
+            .unwrap_or(1)
+            .max(5);
         writeln!(f, "{:<18} {:>width$}", "metric", "count")?;
         writeln!(f, "{:-<18} {:->width$}", "", "")?;
         for (name, v) in rows {

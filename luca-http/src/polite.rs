@@ -216,10 +216,10 @@ impl Politeness {
             Ok(p) => p,
             Err(_) => unreachable_closed(),
         };
-        if !self.inner.cfg.min_delay.is_zero() || !self.inner.cfg.jitter.is_zero() {
-            if let Some(start) = self.reserve_start(host, false) {
-                tokio::time::sleep_until(start).await;
-            }
+        if (!self.inner.cfg.min_delay.is_zero() || !self.inner.cfg.jitter.is_zero())
+            && let Some(start) = self.reserve_start(host, false)
+        {
+            tokio::time::sleep_until(start).await;
         }
         Slot { _permit: permit }
     }

@@ -92,7 +92,11 @@ async fn retry_after_extends_never_shortens_and_is_capped() {
     assert_eq!(open_for(&b, "late"), Some(S(45)));
     advance(S(45)).await;
     b.check("late").expect("probe").failure(None);
-    assert_eq!(open_for(&b, "late"), Some(S(60)), "second consecutive failure, not third");
+    assert_eq!(
+        open_for(&b, "late"),
+        Some(S(60)),
+        "second consecutive failure, not third"
+    );
 }
 
 #[test]
@@ -108,7 +112,15 @@ fn retry_after_parsing_both_forms_and_malformed() {
         parse_retry_after_at("99999999999999999999999999", now),
         Some(Duration::from_secs(u64::MAX))
     );
-    for bad in ["", "soon", "-5", "1.5", "12s", "Fri, 32 Foo 2023 99:99:99 GMT", "\u{0}"] {
+    for bad in [
+        "",
+        "soon",
+        "-5",
+        "1.5",
+        "12s",
+        "Fri, 32 Foo 2023 99:99:99 GMT",
+        "\u{0}",
+    ] {
         assert_eq!(parse_retry_after_at(bad, now), None, "{bad:?}");
     }
 }
@@ -137,7 +149,9 @@ async fn exactly_one_probe_passes_in_half_open_under_100_tasks() {
     // Base 0: a failure opens the host until "now", so the next check is half-open.
     let b = HostBreaker::new(BreakerConfig::default().base(Duration::ZERO));
     for round in 0..20 {
-        b.check("example.org").expect("closed or probe").failure(None);
+        b.check("example.org")
+            .expect("closed or probe")
+            .failure(None);
         let gate = Arc::new(tokio::sync::Barrier::new(100));
         let passed = Arc::new(AtomicUsize::new(0));
         let mut tasks = Vec::new();
@@ -218,7 +232,9 @@ async fn a_hung_probe_fails_at_its_deadline() {
 async fn idle_hosts_are_evicted() {
     let b = HostBreaker::new(BreakerConfig::default().idle_ttl(S(60)));
     for i in 0..10_000 {
-        b.check(&format!("host-{i}.example")).expect("closed").success();
+        b.check(&format!("host-{i}.example"))
+            .expect("closed")
+            .success();
     }
     fail(&b, "open.example", None);
     assert_eq!(b.tracked_hosts(), 10_001);

@@ -24,11 +24,19 @@ async fn verified_refuses_self_signed_insecure_accepts() {
     let url = format!("{}/page", stub.url());
 
     let verified = luca_http::client().await.expect("verified client");
-    let err = verified.get(&url).send().await.expect_err("self-signed must be refused");
+    let err = verified
+        .get(&url)
+        .send()
+        .await
+        .expect_err("self-signed must be refused");
     let text = chain(&err);
     assert!(err.is_connect(), "{text}");
     assert!(text.to_lowercase().contains("certificate"), "{text}");
-    assert_eq!(stub.hits("/page"), 0, "no request got through the handshake");
+    assert_eq!(
+        stub.hits("/page"),
+        0,
+        "no request got through the handshake"
+    );
 
     let insecure = luca_http::insecure_client(InsecureTls::i_accept_the_risk())
         .await

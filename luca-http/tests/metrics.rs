@@ -86,7 +86,10 @@ fn display_is_a_table() {
     let text = m.to_string();
     let lines: Vec<_> = text.lines().collect();
     assert_eq!(lines.len(), 15, "{text}");
-    assert!(lines[0].starts_with("metric") && lines[0].ends_with("count"), "{text}");
+    assert!(
+        lines[0].starts_with("metric") && lines[0].ends_with("count"),
+        "{text}"
+    );
     assert!(lines.contains(&"requests               1"), "{text}");
     assert!(lines.contains(&"  of which 429         1"), "{text}");
     assert!(lines.contains(&"open hosts             3"), "{text}");

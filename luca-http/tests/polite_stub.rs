@@ -10,14 +10,20 @@ use luca_testkit::{Gate, HttpStub, Reply};
 async fn the_stub_never_sees_more_than_the_limit_per_host() {
     let stub = HttpStub::start().await.expect("stub");
     // Held until three requests are in: the limit must be reached, and not passed.
-    stub.on("/a").respond(Reply::ok("a").after(Gate::after_arrivals(3)));
-    stub.on("/b").respond(Reply::ok("b").delay(Duration::from_millis(5)));
+    stub.on("/a")
+        .respond(Reply::ok("a").after(Gate::after_arrivals(3)));
+    stub.on("/b")
+        .respond(Reply::ok("b").delay(Duration::from_millis(5)));
     let client = luca_http::ClientConfig::default().build().expect("client");
     let polite = Politeness::new(PoliteConfig::default().per_host(3));
     let mut tasks = Vec::new();
     for i in 0..40 {
         let (client, polite) = (client.clone(), polite.clone());
-        let (host, path) = if i % 2 == 0 { ("a.test", "/a") } else { ("b.test", "/b") };
+        let (host, path) = if i % 2 == 0 {
+            ("a.test", "/a")
+        } else {
+            ("b.test", "/b")
+        };
         let url = format!("{}{path}", stub.url());
         tasks.push(tokio::spawn(async move {
             let _slot = polite.acquire(host).await;
