@@ -214,20 +214,21 @@ enum Kind {
 }
 
 /// The right to send one request to a host; report the outcome with
-/// [`Permit::success`] or [`Permit::failure`].
+/// [`Permit::success`] or [`Permit::failure`]. It borrows the breaker (clone the
+/// [`HostBreaker`] handle into a spawned task to use it there).
 ///
 /// A probe permit (the one request let through in half-open) dropped without a verdict
 /// counts as a failure; see the module docs.
 #[must_use = "report the request's outcome with `success()` or `failure(..)`"]
-pub struct Permit {
-    inner: Arc<Inner>,
+pub struct Permit<'a> {
+    inner: &'a Inner,
     host: Arc<str>,
     kind: Kind,
     deadline: Option<Instant>,
     done: bool,
 }
 
-impl std::fmt::Debug for Permit {
+impl std::fmt::Debug for Permit<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Permit")
             .field("host", &self.host)
@@ -237,7 +238,7 @@ impl std::fmt::Debug for Permit {
     }
 }
 
-impl Permit {
+impl Permit<'_> {
     /// True for the single half-open probe.
     pub fn is_probe(&self) -> bool {
         matches!(self.kind, Kind::Probe(_))
@@ -256,7 +257,10 @@ impl Permit {
     /// The request succeeded: a probe closes the host.
     pub fn success(mut self) {
         self.done = true;
-        self.inner.verdict(&self.host, self.kind, None);
+        // On a closed host a success changes nothing: no lock taken.
+        if self.is_probe() {
+            self.inner.verdict(&self.host, self.kind, None);
+        }
     }
 
     /// The request failed (5xx, 429, timeout, connect error, …); `retry_after` is the
@@ -267,7 +271,7 @@ impl Permit {
     }
 }
 
-impl Drop for Permit {
+impl Drop for Permit<'_> {
     fn drop(&mut self) {
         if !self.done && matches!(self.kind, Kind::Probe(_)) {
             self.inner.verdict(&self.host, self.kind, Some(None));
@@ -310,7 +314,7 @@ impl HostBreaker {
 
     /// May a request go to `host` now? `host` is the authority (`example.org`,
     /// `example.org:8443`), compared ASCII-case-insensitively; see [`authority`].
-    pub fn check(&self, host: &str) -> Result<Permit, Open> {
+    pub fn check(&self, host: &str) -> Result<Permit<'_>, Open> {
         let lowered;
         let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
             lowered = host.to_ascii_lowercase();
@@ -349,16 +353,16 @@ impl HostBreaker {
         }
     }
 
-    fn start_probe(&self, e: &mut Entry, key: Arc<str>, now: Instant) -> Permit {
+    fn start_probe(&self, e: &mut Entry, key: Arc<str>, now: Instant) -> Permit<'_> {
         let probe = self.inner.next_probe.fetch_add(1, Ordering::Relaxed);
         let deadline = now + self.inner.cfg.probe_deadline;
         e.state = State::HalfOpen { probe, deadline };
         self.permit(key, Kind::Probe(probe), Some(deadline))
     }
 
-    fn permit(&self, host: Arc<str>, kind: Kind, deadline: Option<Instant>) -> Permit {
+    fn permit(&self, host: Arc<str>, kind: Kind, deadline: Option<Instant>) -> Permit<'_> {
         Permit {
-            inner: self.inner.clone(),
+            inner: &self.inner,
             host,
             kind,
             deadline,
