@@ -267,3 +267,18 @@ async fn hosts_are_case_insensitive_and_by_authority() {
     let url = reqwest::Url::parse("https://example.org:443/x").expect("url");
     assert_eq!(luca_http::breaker::authority(&url), "example.org");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_closed_permit_records_nothing_and_gauges_follow() {
+    let b = HostBreaker::default();
+    // A request cancelled by its caller is not a failure of the host.
+    drop(b.check("example.org").expect("closed"));
+    assert_eq!(open_for(&b, "example.org"), None);
+    assert_eq!((b.open_hosts(), b.trips()), (0, 0));
+    fail(&b, "example.org", None);
+    fail(&b, "other.example", None);
+    assert_eq!((b.open_hosts(), b.trips()), (2, 2));
+    advance(S(30)).await;
+    b.check("example.org").expect("probe").success();
+    assert_eq!((b.open_hosts(), b.trips()), (1, 2));
+}
