@@ -5,3 +5,4 @@ pub mod client;
 pub mod metrics;
 pub mod polite;
 pub mod retry_queue;
+pub use retry_queue::{RetryQueue, RetryQueueError, Scheduled};
