@@ -503,6 +503,9 @@ async fn dropped_calls_leave_queue_and_file_as_they_were() {
     // The next call waits for the background restore (changes are written in order), so
     // after it the file must match the memory again.
     assert!(q.due(t0 - SECOND).await.unwrap().is_empty());
+    // The Db's write path is FIFO: after this write, every write queued before it has
+    // committed (the abandoned one and the restore).
+    db.write(|_| Ok(())).await.unwrap();
     assert_eq!(urls(&q.entries()), ["queued"]);
     assert_eq!(file_urls(tmp.path(), DEFAULT_TABLE), ["queued"]);
 
@@ -517,6 +520,7 @@ async fn dropped_calls_leave_queue_and_file_as_they_were() {
         q.schedule("queued", t0).await.unwrap(),
         Scheduled::Unchanged { due: t0 }
     );
+    db.write(|_| Ok(())).await.unwrap();
     assert_eq!(urls(&q.entries()), ["queued"], "nothing was handed out");
     assert_eq!(file_urls(tmp.path(), DEFAULT_TABLE), ["queued"]);
 
