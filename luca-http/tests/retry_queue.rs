@@ -539,3 +539,100 @@ async fn debug_never_blocks_and_names_the_bound() {
         "{text}"
     );
 }
+
+const CRASH_CHILD_ENV: &str = "LUCA_RETRY_QUEUE_CRASH_CHILD";
+const CRASH_TEST: &str = "acknowledged_schedules_survive_a_sigkill";
+
+/// The child half of the crash test: schedules URLs and prints each one once `schedule`
+/// acknowledged it, until it is killed (bounded in count and time all the same).
+fn crash_child(path: &str) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let db = Db::open(path).await.unwrap();
+        let q = RetryQueue::persistent(&db, 1_000_000).await.unwrap();
+        let t0 = Instant::now();
+        let started = std::time::Instant::now();
+        for i in 0..100_000u32 {
+            if started.elapsed() > TEST_BOUND {
+                break;
+            }
+            let url = format!("https://kill.test/{i}");
+            q.schedule(url.clone(), t0 + HOUR + Duration::from_millis(u64::from(i)))
+                .await
+                .unwrap();
+            println!("ACK {url}");
+        }
+    });
+}
+
+/// A real crash: a child process schedules retries and is killed with SIGKILL mid-stream;
+/// every URL it was told `Ok` for is in the file afterwards, in due order.
+#[test]
+fn acknowledged_schedules_survive_a_sigkill() {
+    use std::io::BufRead as _;
+    use std::process::{Command, Stdio};
+
+    if let Ok(path) = std::env::var(CRASH_CHILD_ENV) {
+        crash_child(&path);
+        return;
+    }
+    let tmp = TempDb::new();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", CRASH_TEST, "--nocapture", "--test-threads=1"])
+        .env(CRASH_CHILD_ENV, tmp.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut acked = Vec::new();
+    // Bounded by the child's own bounds: its output ends when it stops or is killed.
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        // The test harness may print its own text on the same line before the first one.
+        if let Some(at) = line.find("ACK ") {
+            acked.push(line[at + 4..].to_owned());
+            if acked.len() == 300 {
+                child.kill().unwrap(); // SIGKILL: no destructor, no close, no flush
+                break;
+            }
+        }
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(acked.len(), 300, "the child stopped early: {status:?}");
+    assert!(!status.success(), "the child was killed, not finished");
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let db = Db::open(tmp.path()).await.unwrap();
+        let q = RetryQueue::persistent(&db, 1_000_000).await.unwrap();
+        let loaded: Vec<String> = q.entries().into_iter().map(|(u, _)| u).collect();
+        // Every acknowledged URL survived, in the order it was scheduled (its due order);
+        // a write that committed just before the kill but was never acknowledged may
+        // follow them.
+        assert!(
+            loaded.len() >= acked.len(),
+            "{} < {}",
+            loaded.len(),
+            acked.len()
+        );
+        let lost: Vec<&String> = acked.iter().filter(|u| !loaded.contains(u)).collect();
+        assert!(
+            lost.is_empty(),
+            "acknowledged but not in the file: {lost:?}"
+        );
+        assert!(
+            loaded[..acked.len()] == acked[..],
+            "due order changed: {loaded:?}"
+        );
+        db.close().await.unwrap();
+    });
+}
