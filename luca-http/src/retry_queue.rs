@@ -54,8 +54,8 @@
 //! # Concurrency
 //! [`RetryQueue`] is a cheap `Clone + Send + Sync` handle; clones share one queue. Its
 //! state sits behind one `std::sync::Mutex` that is only ever held for a few map
-//! operations and never across an `.await`. Every URL scheduled is handed out by exactly
-//! one call of [`RetryQueue::due`], however many tasks schedule and drain at once.
+//! operations and never across an `.await`. Each queued entry is handed out by exactly one
+//! call of [`RetryQueue::due`], however many tasks schedule and drain at once.
 //!
 //! # Persistence
 //! [`RetryQueue::persistent`] keeps the queue in a table of a [`Db`] (default
@@ -70,7 +70,11 @@
 //! return `Result` for both); an in-memory queue never waits and never fails except with
 //! [`RetryQueueError::Full`]. In a persistent queue, changes are written one at a time,
 //! in the order they are applied in memory (an async lock, not the state lock, keeps that
-//! order), so the file always holds what the queue holds.
+//! order), so the file always holds what the queue holds. The cost: each change of a
+//! persistent queue is one [`Db::write`] and waits for the previous change's commit, so
+//! its changes are not group-committed with each other (a `due` that takes many URLs is
+//! one write). A call that changes nothing (a [`Scheduled::Unchanged`], an empty `due`)
+//! writes nothing.
 //!
 //! ## Due times in the file
 //! The table stores each due time as wall-clock UNIX milliseconds (`due_unix_ms`). Each
@@ -563,6 +567,30 @@ impl RetryQueue {
             state.remove(url);
         }
         Ok(urls)
+    }
+
+    /// Takes `url` out of the queue (for example because it was fetched by other means);
+    /// returns whether it was queued.
+    ///
+    /// # Errors
+    /// [`RetryQueueError::Db`] when the delete failed; the URL then stays queued.
+    pub async fn remove(&self, url: &str) -> Result<bool, RetryQueueError> {
+        let Some(store) = &self.inner.store else {
+            return Ok(self.state().remove(url).is_some());
+        };
+        let gate = Arc::clone(&store.gate).lock_owned().await;
+        if !self.state().by_url.contains_key(url) {
+            return Ok(false);
+        }
+        let row = Row {
+            url: url.to_owned(),
+            entry: None,
+        };
+        let mut restore = Restore::new(self, gate, vec![url.to_owned()]);
+        let written = self.write_rows(store, vec![row]).await;
+        restore.disarm();
+        written?;
+        Ok(self.state().remove(url).is_some())
     }
 
     /// Waits (on tokio's clock) until at least one URL is due, then returns; call

@@ -636,3 +636,28 @@ fn acknowledged_schedules_survive_a_sigkill() {
         db.close().await.unwrap();
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_takes_a_url_out_in_memory_and_in_the_file() {
+    let memory = RetryQueue::new(10);
+    let t0 = Instant::now();
+    memory.schedule("a", t0).await.unwrap();
+    memory.schedule("b", t0).await.unwrap();
+    assert!(memory.remove("a").await.unwrap());
+    assert!(!memory.remove("a").await.unwrap());
+    assert_eq!(memory.due(t0).await.unwrap(), ["b"]);
+
+    let tmp = TempDb::new();
+    let db = Db::open(tmp.path()).await.unwrap();
+    let q = RetryQueue::persistent(&db, 10).await.unwrap();
+    q.schedule("a", t0).await.unwrap();
+    q.schedule("b", t0 + SECOND).await.unwrap();
+    assert!(q.remove("a").await.unwrap());
+    assert!(!q.remove("never-queued").await.unwrap());
+    assert_eq!(file_urls(tmp.path(), DEFAULT_TABLE), ["b"]);
+    db.close().await.unwrap();
+    let db = Db::open(tmp.path()).await.unwrap();
+    let q = RetryQueue::persistent(&db, 10).await.unwrap();
+    assert_eq!(urls(&q.entries()), ["b"]);
+    db.close().await.unwrap();
+}
