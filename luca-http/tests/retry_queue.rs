@@ -661,3 +661,28 @@ async fn remove_takes_a_url_out_in_memory_and_in_the_file() {
     assert_eq!(urls(&q.entries()), ["b"]);
     db.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_that_is_not_a_retry_entry_is_a_typed_error() {
+    let tmp = TempDb::new();
+    let db = Db::open(tmp.path()).await.unwrap();
+    let q = RetryQueue::persistent(&db, 10).await.unwrap();
+    q.schedule("fine", Instant::now()).await.unwrap();
+    db.write(|c| {
+        c.execute(
+            "INSERT INTO luca_retry_queue (url, due_unix_ms, seq) VALUES ('bad', 0, -1)",
+            [],
+        )?;
+        Ok(())
+    })
+    .await
+    .unwrap();
+    match RetryQueue::persistent(&db, 10).await {
+        Err(RetryQueueError::BadRow { table, reason }) => {
+            assert_eq!(table, DEFAULT_TABLE);
+            assert!(reason.contains("`bad`"), "{reason}");
+        }
+        other => panic!("expected BadRow, got {other:?}"),
+    }
+    db.close().await.unwrap();
+}
