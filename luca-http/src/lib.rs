@@ -10,3 +10,4 @@ pub use breaker::{BreakerConfig, HostBreaker, Open, Permit};
 pub use client::{ClientConfig, ClientError, InsecureTls, client, configure, insecure_client};
 pub use metrics::{MetricsSnapshot, RunMetrics};
 pub use polite::{PoliteConfig, Politeness, Slot};
+pub use retry_queue::{RetryQueue, RetryQueueError, Scheduled};
