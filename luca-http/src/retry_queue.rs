@@ -40,7 +40,7 @@
 //! earlier, [`Scheduled::Unchanged`] otherwise). A crawler wants a URL back as soon as any
 //! of the reasons it was queued for allows. A server's `Retry-After` is a statement about
 //! the host, not about one URL; it is enforced where hosts are tracked, by
-//! [`HostBreaker`](crate::breaker), which keeps the host closed until then whatever the
+//! [`HostBreaker`](crate::HostBreaker), which keeps the host closed until then whatever the
 //! queue hands out.
 //!
 //! # Bound: a full queue refuses new URLs
