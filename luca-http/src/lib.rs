@@ -1,0 +1,13 @@
+#![doc = include_str!("../README.md")]
+
+pub mod breaker;
+pub mod client;
+pub mod metrics;
+pub mod polite;
+pub mod retry_queue;
+
+pub use breaker::{BreakerConfig, HostBreaker, Open, Permit};
+pub use client::{ClientConfig, ClientError, InsecureTls, client, configure, insecure_client};
+pub use metrics::{MetricsSnapshot, RunMetrics};
+pub use polite::{PoliteConfig, Politeness, Slot};
+pub use retry_queue::{RetryQueue, RetryQueueError, Scheduled};
