@@ -801,3 +801,52 @@ async fn a_queue_bound_of_zero_still_lets_writes_through() {
     assert_eq!(n, 2);
     db.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn extreme_settings_work_without_panicking() {
+    let tmp = TempDb::new();
+    let db = open(&tmp, |b| {
+        b.pool_wait_timeout(Some(Duration::MAX))
+            .busy_timeout(Duration::ZERO)
+            .wal_autocheckpoint(u32::MAX)
+            .max_batch(usize::MAX)
+            .max_queue(usize::MAX)
+            .max_readers(luca_core::DbBuilder::MAX_READERS)
+            .retry_policy(
+                luca_core::retry::RetryPolicy::new()
+                    .with_delay(Duration::MAX)
+                    .with_max_delay(Duration::MAX)
+                    .with_max_retries(u32::MAX),
+            )
+    })
+    .await;
+    db.write(|c| Ok(insert(c, "x", 1).map(drop)?))
+        .await
+        .unwrap();
+    let n: i64 = db
+        .read(|c| Ok(c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))?))
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+    db.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn more_readers_than_the_limit_is_a_typed_error() {
+    let tmp = TempDb::new();
+    let err = Db::builder(tmp.path())
+        .max_readers(usize::MAX)
+        .build()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidSetting {
+                setting: "max_readers",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}

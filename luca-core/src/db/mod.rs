@@ -123,6 +123,10 @@ impl DbBuilder {
     /// The default bound of the write queue.
     pub const DEFAULT_MAX_QUEUE: usize = 4096;
 
+    /// The most reader connections accepted by [`max_readers`](Self::max_readers): each
+    /// is an open file and a few MiB of cache at most; the pool reserves room for all.
+    pub const MAX_READERS: usize = 1024;
+
     /// The longest [`max_wait`](Self::max_wait) accepted: 60 s.
     pub const MAX_WAIT_LIMIT: Duration = Duration::from_secs(60);
 
@@ -143,7 +147,9 @@ impl DbBuilder {
         }
     }
 
-    /// Most reader connections open at once (default: twice the CPUs, at least 4).
+    /// Most reader connections open at once (default: twice the CPUs, at least 4; at least
+    /// 1). More than [`MAX_READERS`](Self::MAX_READERS) is refused by
+    /// [`DbBuilder::build`] with [`Error::InvalidSetting`].
     pub fn max_readers(mut self, n: usize) -> Self {
         self.max_readers = n.max(1);
         self
@@ -244,8 +250,9 @@ impl DbBuilder {
     /// # Errors
     /// [`Error::InvalidPath`] (empty path, a directory), [`Error::Open`] (missing
     /// directory, not a database, corrupt), [`Error::ReadOnly`], [`Error::NotWal`] — each
-    /// naming the path; [`Error::InvalidSetting`] for a `busy_timeout` SQLite cannot take
-    /// or a `max_wait` past [`DbBuilder::MAX_WAIT_LIMIT`].
+    /// naming the path; [`Error::InvalidSetting`] for a `busy_timeout` SQLite cannot take,
+    /// a `max_wait` past [`DbBuilder::MAX_WAIT_LIMIT`] or more readers than
+    /// [`DbBuilder::MAX_READERS`].
     pub async fn build(self) -> Result<Db> {
         let handle = tokio::runtime::Handle::current();
         let builder = self.clone();
@@ -279,6 +286,16 @@ impl DbBuilder {
                     "{:?} is longer than SQLite can wait ({} ms at most)",
                     self.busy_timeout,
                     i32::MAX
+                ),
+            });
+        }
+        if self.max_readers > Self::MAX_READERS {
+            return Err(Error::InvalidSetting {
+                setting: "max_readers",
+                reason: format!(
+                    "{} reader connections; at most {}",
+                    self.max_readers,
+                    Self::MAX_READERS
                 ),
             });
         }
