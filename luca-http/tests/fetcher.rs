@@ -486,6 +486,9 @@ async fn body_limit_gives_too_large_without_retry() {
     let port = stub.addr().port();
     stub.on("/big").respond(Reply::ok(vec![b'x'; 4096]));
     stub.on("/small").respond(Reply::ok("tiny"));
+    // Chunked, no Content-Length: the limit is found while reading.
+    stub.on("/big-chunked")
+        .respond(Reply::ok("").slow_body([vec![b'y'; 800], vec![b'y'; 800]], Duration::ZERO));
     let queue = RetryQueue::new(100);
     let fetcher = Fetcher::builder()
         .client(client(stub.addr(), &["big.test"], false))
@@ -497,7 +500,16 @@ async fn body_limit_gives_too_large_without_retry() {
     let out = fetcher.fetch(format!("http://big.test:{port}/big")).await;
     assert!(
         matches!(out, FetchOutcome::TooLarge { limit: 1024, .. }),
-        "{out:?}"
+        "{:?}",
+        out.status()
+    );
+    let out = fetcher
+        .fetch(format!("http://big.test:{port}/big-chunked"))
+        .await;
+    assert!(
+        matches!(out, FetchOutcome::TooLarge { limit: 1024, .. }),
+        "{:?}",
+        out.status()
     );
     assert!(queue.is_empty());
     assert_eq!(fetcher.breaker().open_hosts(), 0);
@@ -539,4 +551,43 @@ async fn per_host_concurrency_limit_is_respected() {
     assert_eq!(stub.hits("/slow"), 8);
     assert_eq!(stub.max_concurrent("limit.test"), 2);
     assert_eq!(fetcher.metrics().snapshot().requests, 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_dropped_while_waiting_for_a_slot_takes_nothing() {
+    let stub = HttpStub::start().await.unwrap();
+    let port = stub.addr().port();
+    let gate = Gate::new();
+    stub.on("/held")
+        .respond(Reply::ok("held").after(gate.clone()));
+    stub.on("/free").respond(Reply::ok("free"));
+    let fetcher = Fetcher::builder()
+        .client(client(stub.addr(), &["one.test"], false))
+        .politeness(Politeness::new(PoliteConfig::default().per_host(1)))
+        .build()
+        .await
+        .unwrap();
+    let held = format!("http://one.test:{port}/held");
+    let free = format!("http://one.test:{port}/free");
+
+    let first = tokio::spawn({
+        let f = fetcher.clone();
+        async move { f.fetch(held).await }
+    });
+    // The first fetch holds the only slot until the gate opens.
+    assert!(stub.wait_for_hits("/held", 1, Duration::from_secs(5)).await);
+    // A second one cannot get the slot, however long it waits; drop it while it waits.
+    let waited =
+        tokio::time::timeout(Duration::from_millis(50), fetcher.fetch(free.as_str())).await;
+    assert!(waited.is_err(), "the slot was taken: {waited:?}");
+    gate.open();
+    assert!(matches!(first.await.unwrap(), FetchOutcome::Ok(_)));
+    // The dropped fetch sent nothing and left the slot free.
+    assert_eq!(stub.hits("/free"), 0);
+    assert!(matches!(
+        fetcher.fetch(free.as_str()).await,
+        FetchOutcome::Ok(_)
+    ));
+    assert_eq!(stub.hits("/free"), 1);
+    assert_eq!(fetcher.metrics().snapshot().requests, 2);
 }
