@@ -88,6 +88,17 @@
 //! (clones share them) and not persisted: after a restart, retries loaded from a
 //! persistent queue start again from the first attempt.
 //!
+//! # Cancellation
+//!
+//! Dropping a fetch future is safe at any point. While it waits for a politeness slot it
+//! holds nothing and has sent nothing (no request is counted). Once sent, dropping it
+//! frees the slot and drops the breaker permit: on a closed host that records nothing
+//! (the caller cancelled, the host did not fail), a half-open probe counts as a failure
+//! (see [`breaker`](crate::breaker)); the request stays counted in
+//! [`MetricsSnapshot::requests`](crate::MetricsSnapshot::requests) without an outcome, and
+//! nothing is scheduled. A trip caused by a dropped probe reaches the metrics at the next
+//! fetch, which copies the breaker's counts.
+//!
 //! # Bodies
 //!
 //! Only 2xx bodies are read (into [`Fetched::body`]); for other statuses the body is
@@ -284,8 +295,8 @@ pub enum FetchOutcome {
         /// When the URL is due in the queue.
         retry_at: Option<Instant>,
     },
-    /// No response: the connection could not be made, or broke before a response head
-    /// arrived (refused, reset, closed).
+    /// No response: the connection could not be made (refused, or the client's connect
+    /// timeout), or broke before a response head arrived (reset, closed).
     Connect {
         /// The client's error.
         error: reqwest::Error,
@@ -316,7 +327,9 @@ pub enum FetchOutcome {
         retry_at: Option<Instant>,
     },
     /// The request could not be made at all, or failed in a way that is not the host's
-    /// health (an invalid URL, a redirect loop): not retried.
+    /// health (an invalid URL, a redirect loop): not retried, a breaker success. A URL
+    /// that does not parse is refused before the breaker and counts nothing; a failure
+    /// after sending (a redirect loop) counts the request without an outcome.
     Failed {
         /// The client's error.
         error: reqwest::Error,
