@@ -54,7 +54,7 @@
 //!    ([`RunMetrics::record_status`]), or a timeout, a connect error, a body error.
 //! 5. **Breaker verdict**: success for 2xx, 3xx, 404 and other 4xx (and a body over the
 //!    size limit); failure for 429, 5xx, timeout, connect error and body error, with the
-//!    response's `Retry-After` ([`breaker::retry_after`](crate::breaker::retry_after),
+//!    response's `Retry-After` ([`breaker::retry_after`],
 //!    both forms). The breaker's trip count and open-hosts gauge are then copied into
 //!    the metrics ([`RunMetrics::record_breaker_trip`] once per new trip,
 //!    [`RunMetrics::set_open_hosts`]).
@@ -94,7 +94,7 @@
 //! holds nothing and has sent nothing (no request is counted). Once sent, dropping it
 //! frees the slot and drops the breaker permit: on a closed host that records nothing
 //! (the caller cancelled, the host did not fail), a half-open probe counts as a failure
-//! (see [`breaker`](crate::breaker)); the request stays counted in
+//! (see [`breaker`]); the request stays counted in
 //! [`MetricsSnapshot::requests`](crate::MetricsSnapshot::requests) without an outcome, and
 //! nothing is scheduled. A trip caused by a dropped probe reaches the metrics at the next
 //! fetch, which copies the breaker's counts.
