@@ -57,7 +57,8 @@
 //!    response's `Retry-After` ([`breaker::retry_after`],
 //!    both forms). The breaker's trip count and open-hosts gauge are then copied into
 //!    the metrics ([`RunMetrics::record_breaker_trip`] once per new trip,
-//!    [`RunMetrics::set_open_hosts`]).
+//!    [`RunMetrics::set_open_hosts`]). Trips count from when the fetcher was built (a
+//!    breaker shared with other code has all its trips copied, whoever caused them).
 //! 6. **Retry**: for a retryable outcome (429, 5xx, timeout, connect error, body error) of
 //!    a retryable request (see [`Retry`]), the URL is scheduled in the queue at
 //!    `now + `[`Backoff::delay`]: exponential in the attempt number, with jitter, and
@@ -526,11 +527,6 @@ impl fmt::Debug for Fetcher {
     }
 }
 
-/// Why a request's outcome is retryable, for the breaker and the backoff.
-struct Failure {
-    retry_after: Option<Duration>,
-}
-
 impl Fetcher {
     /// The settings, with defaults for everything.
     pub fn builder() -> FetcherConfig {
@@ -624,9 +620,7 @@ impl Fetcher {
                 }
                 permit.failure(None);
                 self.sync_breaker();
-                let retry_at = self
-                    .retry(&url, may_retry, Failure { retry_after: None })
-                    .await;
+                let retry_at = self.retry(&url, may_retry, None).await;
                 return if timeout {
                     FetchOutcome::Timeout { error, retry_at }
                 } else {
@@ -666,9 +660,7 @@ impl Fetcher {
                     inner.metrics.record_body_error();
                     permit.failure(None);
                     self.sync_breaker();
-                    let retry_at = self
-                        .retry(&url, may_retry, Failure { retry_after: None })
-                        .await;
+                    let retry_at = self.retry(&url, may_retry, None).await;
                     FetchOutcome::Body {
                         status,
                         error,
@@ -707,7 +699,7 @@ impl Fetcher {
         }
         permit.failure(retry_after);
         self.sync_breaker();
-        let retry_at = self.retry(&url, may_retry, Failure { retry_after }).await;
+        let retry_at = self.retry(&url, may_retry, retry_after).await;
         if status == StatusCode::TOO_MANY_REQUESTS {
             FetchOutcome::TooManyRequests {
                 retry_after,
@@ -751,7 +743,12 @@ impl Fetcher {
     }
 
     /// Schedules the retry of a retryable failure, if allowed; the due time.
-    async fn retry(&self, url: &Url, may_retry: bool, failure: Failure) -> Option<Instant> {
+    async fn retry(
+        &self,
+        url: &Url,
+        may_retry: bool,
+        retry_after: Option<Duration>,
+    ) -> Option<Instant> {
         if !may_retry || self.inner.queue.is_none() {
             return None;
         }
@@ -765,7 +762,7 @@ impl Fetcher {
             }
             n
         };
-        let due = now + self.inner.backoff.delay(attempt, failure.retry_after);
+        let due = now + self.inner.backoff.delay(attempt, retry_after);
         self.schedule(url, due).await
     }
 

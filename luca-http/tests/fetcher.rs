@@ -591,3 +591,49 @@ async fn a_fetch_dropped_while_waiting_for_a_slot_takes_nothing() {
     assert_eq!(stub.hits("/free"), 1);
     assert_eq!(fetcher.metrics().snapshot().requests, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_exact_under_concurrency() {
+    let stub = HttpStub::start().await.unwrap();
+    let port = stub.addr().port();
+    stub.on("/busy")
+        .respond(Reply::service_unavailable().retry_after_secs(30));
+    stub.on("/page").respond(Reply::ok("page"));
+    let hosts: Vec<String> = (0..16).map(|i| format!("h{i}.test")).collect();
+    let names: Vec<&str> = hosts.iter().map(String::as_str).collect();
+    let queue = RetryQueue::new(1000);
+    let fetcher = Fetcher::builder()
+        .client(client(stub.addr(), &names, false))
+        .retry_queue(queue.clone())
+        .build()
+        .await
+        .unwrap();
+    // Per host: 3 pages, then one 503 that opens it; all hosts at once.
+    let tasks: Vec<_> = hosts
+        .iter()
+        .map(|h| {
+            let f = fetcher.clone();
+            let base = format!("http://{h}:{port}");
+            tokio::spawn(async move {
+                for _ in 0..3 {
+                    assert!(matches!(
+                        f.fetch(format!("{base}/page")).await,
+                        FetchOutcome::Ok(_)
+                    ));
+                }
+                assert!(f.fetch(format!("{base}/busy")).await.retry_at().is_some());
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let snap = fetcher.metrics().snapshot();
+    assert_eq!(snap.requests, 64, "{snap}");
+    assert_eq!((snap.status_2xx, snap.status_5xx), (48, 16), "{snap}");
+    assert_eq!(snap.retries_scheduled, 16, "{snap}");
+    assert_eq!(snap.breaker_trips, 16, "{snap}");
+    assert_eq!(snap.open_hosts, 16, "{snap}");
+    assert_eq!(fetcher.breaker().trips(), 16);
+    assert_eq!(queue.len(), 16);
+}
