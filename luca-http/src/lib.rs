@@ -2,12 +2,14 @@
 
 pub mod breaker;
 pub mod client;
+pub mod fetcher;
 pub mod metrics;
 pub mod polite;
 pub mod retry_queue;
 
 pub use breaker::{BreakerConfig, HostBreaker, Open, Permit};
 pub use client::{ClientConfig, ClientError, InsecureTls, client, configure, insecure_client};
+pub use fetcher::{Backoff, FetchOutcome, Fetched, Fetcher, FetcherConfig, Retry};
 pub use metrics::{MetricsSnapshot, RunMetrics};
 pub use polite::{PoliteConfig, Politeness, Slot};
 pub use retry_queue::{RetryQueue, RetryQueueError, Scheduled};
