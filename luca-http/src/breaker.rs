@@ -30,13 +30,20 @@
 //! ended more than `idle_ttl` ago without any use (their failure count is forgiven). So the
 //! number of hosts tracked is at most the hosts used in the last `idle_ttl · 5/4` plus those
 //! still open or probing — not every host the crawl ever saw.
+//!
+//! # Cost
+//!
+//! A host is hashed once per call with a randomly seeded hasher (hosts may be chosen by
+//! whoever writes the links being crawled); the shard and the bucket both come from that
+//! hash. Checking a known closed host allocates nothing and takes one shard lock; the
+//! `success` of a permit on a closed host touches no shared state at all.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
+use hashbrown::HashTable;
 use tokio::time::Instant;
 
 type ApiPredicate = Arc<dyn Fn(&str) -> bool + Send + Sync>;
@@ -163,7 +170,9 @@ enum State {
 
 #[derive(Debug)]
 struct Entry {
-    key: Arc<str>,
+    /// The keyed hash of `key` (the table stores no hashes of its own).
+    hash: u64,
+    key: HostKey,
     state: State,
     failures: u32,
     api: bool,
@@ -171,14 +180,75 @@ struct Entry {
 }
 
 struct Shard {
-    map: HashMap<Arc<str>, Entry>,
+    map: HashTable<Entry>,
     last_sweep: Instant,
+}
+
+/// A shard's lock on its own cache lines, so that two threads working on neighbouring
+/// shards do not invalidate each other's lines.
+#[repr(align(128))]
+struct Padded<T>(T);
+
+/// The hash of a host key: shard and bucket both come from it.
+pub(crate) fn host_hash(hasher: &foldhash::fast::RandomState, host: &str) -> u64 {
+    hasher.hash_one(host)
+}
+
+/// The shard of a hash: bits 32.. (the table uses the low bits for the bucket and the top
+/// seven as tags).
+pub(crate) fn shard_index(hash: u64, shards: usize) -> usize {
+    ((hash >> 32) as usize) % shards
+}
+
+/// Hosts up to this length are stored inline, in a table's entry and in a [`Permit`]:
+/// comparing a key then reads no other cache line, and a permit touches no shared counter.
+const INLINE_HOST: usize = 30;
+
+/// A host key: inline when short, else shared.
+#[derive(Debug, Clone)]
+pub(crate) enum HostKey {
+    Inline { len: u8, buf: [u8; INLINE_HOST] },
+    Shared(Arc<str>),
+}
+
+impl HostKey {
+    pub(crate) fn new(host: &str) -> Self {
+        let b = host.as_bytes();
+        if b.len() <= INLINE_HOST {
+            let mut buf = [0u8; INLINE_HOST];
+            buf[..b.len()].copy_from_slice(b);
+            HostKey::Inline {
+                len: b.len() as u8,
+                buf,
+            }
+        } else {
+            HostKey::Shared(Arc::from(host))
+        }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            // Copied from a `&str` whole: always valid UTF-8.
+            HostKey::Inline { len, buf } => {
+                std::str::from_utf8(&buf[..*len as usize]).unwrap_or("")
+            }
+            HostKey::Shared(s) => s,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn is(&self, host: &str) -> bool {
+        match self {
+            HostKey::Inline { len, buf } => &buf[..*len as usize] == host.as_bytes(),
+            HostKey::Shared(s) => **s == *host,
+        }
+    }
 }
 
 struct Inner {
     cfg: BreakerConfig,
-    hasher: RandomState,
-    shards: Box<[Mutex<Shard>]>,
+    hasher: foldhash::fast::RandomState,
+    shards: Box<[Padded<Mutex<Shard>>]>,
     next_probe: AtomicU64,
     trips: AtomicU64,
     open_hosts: AtomicUsize,
@@ -222,7 +292,8 @@ enum Kind {
 #[must_use = "report the request's outcome with `success()` or `failure(..)`"]
 pub struct Permit<'a> {
     inner: &'a Inner,
-    host: Arc<str>,
+    host: HostKey,
+    hash: u64,
     kind: Kind,
     deadline: Option<Instant>,
     done: bool,
@@ -231,7 +302,7 @@ pub struct Permit<'a> {
 impl std::fmt::Debug for Permit<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Permit")
-            .field("host", &self.host)
+            .field("host", &self.host())
             .field("probe", &self.is_probe())
             .field("deadline", &self.deadline)
             .finish()
@@ -251,7 +322,7 @@ impl Permit<'_> {
 
     /// The host this permit is for.
     pub fn host(&self) -> &str {
-        &self.host
+        self.host.as_str()
     }
 
     /// The request succeeded: a probe closes the host.
@@ -259,7 +330,8 @@ impl Permit<'_> {
         self.done = true;
         // On a closed host a success changes nothing: no lock taken.
         if self.is_probe() {
-            self.inner.verdict(&self.host, self.kind, None);
+            self.inner
+                .verdict(self.hash, self.host.as_str(), self.kind, None);
         }
     }
 
@@ -267,14 +339,16 @@ impl Permit<'_> {
     /// server's `Retry-After` if any (see [`parse_retry_after`]).
     pub fn failure(mut self, retry_after: Option<Duration>) {
         self.done = true;
-        self.inner.verdict(&self.host, self.kind, Some(retry_after));
+        self.inner
+            .verdict(self.hash, self.host.as_str(), self.kind, Some(retry_after));
     }
 }
 
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
         if !self.done && matches!(self.kind, Kind::Probe(_)) {
-            self.inner.verdict(&self.host, self.kind, Some(None));
+            self.inner
+                .verdict(self.hash, self.host.as_str(), self.kind, Some(None));
         }
     }
 }
@@ -289,16 +363,16 @@ impl HostBreaker {
         let now = Instant::now();
         let shards = (0..cfg.shards.max(1))
             .map(|_| {
-                Mutex::new(Shard {
-                    map: HashMap::new(),
+                Padded(Mutex::new(Shard {
+                    map: HashTable::new(),
                     last_sweep: now,
-                })
+                }))
             })
             .collect();
         HostBreaker {
             inner: Arc::new(Inner {
                 cfg,
-                hasher: RandomState::new(),
+                hasher: foldhash::fast::RandomState::default(),
                 shards,
                 next_probe: AtomicU64::new(1),
                 trips: AtomicU64::new(0),
@@ -323,47 +397,60 @@ impl HostBreaker {
             host
         };
         let inner = &self.inner;
+        let hash = host_hash(&inner.hasher, host);
         let now = Instant::now();
-        let mut shard = lock(inner.shard(host));
+        let mut shard = lock(inner.shard(hash));
         inner.maybe_sweep(&mut shard, now);
-        if let Some(e) = shard.map.get_mut(host) {
+        if let Some(e) = shard
+            .map
+            .find_mut(hash, |e| e.hash == hash && e.key.is(host))
+        {
             e.last_used = now;
             inner.expire_probe(e, now);
-            let key = e.key.clone();
             match e.state {
-                State::Closed => Ok(self.permit(key, Kind::Closed, None)),
+                State::Closed => Ok(self.permit(&e.key, hash, Kind::Closed, None)),
                 State::Open { until } if now < until => Err(Open { until }),
                 State::HalfOpen { deadline, .. } => Err(Open { until: deadline }),
-                State::Open { .. } => Ok(self.start_probe(e, key, now)),
+                State::Open { .. } => Ok(self.start_probe(e, hash, now)),
             }
         } else {
-            let key: Arc<str> = Arc::from(host);
+            let key = HostKey::new(host);
             let api = inner.cfg.is_api(host);
-            shard.map.insert(
-                key.clone(),
+            let permit = self.permit(&key, hash, Kind::Closed, None);
+            shard.map.insert_unique(
+                hash,
                 Entry {
-                    key: key.clone(),
+                    hash,
+                    key,
                     state: State::Closed,
                     failures: 0,
                     api,
                     last_used: now,
                 },
+                |e| e.hash,
             );
-            Ok(self.permit(key, Kind::Closed, None))
+            Ok(permit)
         }
     }
 
-    fn start_probe(&self, e: &mut Entry, key: Arc<str>, now: Instant) -> Permit<'_> {
+    fn start_probe(&self, e: &mut Entry, hash: u64, now: Instant) -> Permit<'_> {
         let probe = self.inner.next_probe.fetch_add(1, Ordering::Relaxed);
         let deadline = now + self.inner.cfg.probe_deadline;
         e.state = State::HalfOpen { probe, deadline };
-        self.permit(key, Kind::Probe(probe), Some(deadline))
+        self.permit(&e.key, hash, Kind::Probe(probe), Some(deadline))
     }
 
-    fn permit(&self, host: Arc<str>, kind: Kind, deadline: Option<Instant>) -> Permit<'_> {
+    fn permit(
+        &self,
+        key: &HostKey,
+        hash: u64,
+        kind: Kind,
+        deadline: Option<Instant>,
+    ) -> Permit<'_> {
         Permit {
             inner: &self.inner,
-            host,
+            host: key.clone(),
+            hash,
             kind,
             deadline,
             done: false,
@@ -372,7 +459,7 @@ impl HostBreaker {
 
     /// Hosts currently tracked (closed ones included, until evicted).
     pub fn tracked_hosts(&self) -> usize {
-        self.inner.shards.iter().map(|s| lock(s).map.len()).sum()
+        self.inner.shards.iter().map(|s| lock(&s.0).map.len()).sum()
     }
 
     /// Hosts currently open or half-open (a gauge).
@@ -389,16 +476,14 @@ impl HostBreaker {
     pub fn sweep(&self) {
         let now = Instant::now();
         for s in self.inner.shards.iter() {
-            self.inner.sweep_shard(&mut lock(s), now);
+            self.inner.sweep_shard(&mut lock(&s.0), now);
         }
     }
 }
 
 impl Inner {
-    fn shard(&self, host: &str) -> &Mutex<Shard> {
-        let h = self.hasher.hash_one(host);
-        // The map hashes with its own keys; use the high bits here.
-        &self.shards[((h >> 32) as usize) % self.shards.len()]
+    fn shard(&self, hash: u64) -> &Mutex<Shard> {
+        &self.shards[shard_index(hash, self.shards.len())].0
     }
 
     /// A probe still out at its deadline failed then: open again from the deadline with
@@ -425,7 +510,7 @@ impl Inner {
         shard.last_sweep = now;
         let ttl = self.cfg.idle_ttl;
         let mut dropped_open = 0;
-        shard.map.retain(|_, e| {
+        shard.map.retain(|e| {
             let idle_since = match e.state {
                 State::Closed => e.last_used,
                 State::Open { until } => until.max(e.last_used),
@@ -441,15 +526,19 @@ impl Inner {
             self.open_hosts.fetch_sub(dropped_open, Ordering::Relaxed);
         }
         if shard.map.capacity() > 64 && shard.map.capacity() > 4 * shard.map.len() {
-            shard.map.shrink_to(shard.map.len() * 2);
+            let n = shard.map.len() * 2;
+            shard.map.shrink_to(n, |e| e.hash);
         }
     }
 
     /// `failure`: `None` for success, `Some(retry_after)` for a failure.
-    fn verdict(&self, host: &str, kind: Kind, failure: Option<Option<Duration>>) {
+    fn verdict(&self, hash: u64, host: &str, kind: Kind, failure: Option<Option<Duration>>) {
         let now = Instant::now();
-        let mut shard = lock(self.shard(host));
-        let Some(e) = shard.map.get_mut(host) else {
+        let mut shard = lock(self.shard(hash));
+        let Some(e) = shard
+            .map
+            .find_mut(hash, |e| e.hash == hash && e.key.is(host))
+        else {
             return;
         };
         e.last_used = now;

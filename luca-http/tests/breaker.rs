@@ -282,3 +282,30 @@ async fn a_dropped_closed_permit_records_nothing_and_gauges_follow() {
     b.check("example.org").expect("probe").success();
     assert_eq!((b.open_hosts(), b.trips()), (1, 2));
 }
+
+#[tokio::test(start_paused = true)]
+async fn long_hosts_keep_their_whole_key() {
+    let b = HostBreaker::default();
+    let long_a = format!("{}.a.example", "x".repeat(200));
+    let long_b = format!("{}.b.example", "x".repeat(200));
+    for h in [
+        "a.example",
+        "exactly-thirty-bytes-a.example",
+        &long_a,
+        &long_b,
+    ] {
+        let p = b.check(h).expect("closed");
+        assert_eq!(p.host(), h);
+        p.success();
+    }
+    fail(&b, &long_a, None);
+    assert!(open_for(&b, &long_a).is_some());
+    assert_eq!(open_for(&b, &long_b), None);
+    advance(S(30)).await;
+    let probe = b.check(&long_a).expect("probe");
+    assert!(probe.is_probe());
+    assert_eq!(probe.host(), long_a);
+    probe.success();
+    assert_eq!(open_for(&b, &long_a), None);
+    assert_eq!((b.open_hosts(), b.tracked_hosts()), (0, 4));
+}

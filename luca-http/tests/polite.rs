@@ -171,3 +171,54 @@ async fn idle_hosts_are_evicted_but_not_busy_ones() {
     assert_eq!(p.tracked_hosts(), 0);
     assert!(p.try_acquire("busy.example").is_some());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_woken_waiter_cancelled_before_it_runs_passes_the_slot_on() {
+    let p = Politeness::new(PoliteConfig::default().per_host(1));
+    let held = p.acquire("example.org").await;
+    let spawn_waiter = || {
+        let p = p.clone();
+        tokio::spawn(async move { p.acquire("example.org").await })
+    };
+    let first = spawn_waiter();
+    tokio::task::yield_now().await;
+    let second = spawn_waiter();
+    tokio::task::yield_now().await;
+    assert!(p.try_acquire("example.org").is_none(), "both wait");
+    // The release wakes the first waiter; it is cancelled before it runs.
+    drop(held);
+    first.abort();
+    assert!(first.await.is_err());
+    let slot = tokio::time::timeout(S(60), second)
+        .await
+        .expect("the wake-up passed to the second waiter")
+        .expect("task");
+    assert!(p.try_acquire("example.org").is_none(), "the slot is held");
+    drop(slot);
+    assert!(p.try_acquire("example.org").is_some(), "and free again");
+}
+
+#[tokio::test(start_paused = true)]
+async fn long_and_short_hosts_are_counted_apart() {
+    let p = Politeness::new(PoliteConfig::default().per_host(1));
+    let long_a = format!("{}.a.example", "x".repeat(200));
+    let long_b = format!("{}.b.example", "x".repeat(200));
+    let hosts = [
+        "a.example",
+        "exactly-thirty-bytes-a.example",
+        &long_a,
+        &long_b,
+    ];
+    let slots: Vec<_> = hosts
+        .iter()
+        .map(|h| p.try_acquire(h).expect("a free slot"))
+        .collect();
+    for h in hosts {
+        assert!(p.try_acquire(h).is_none(), "{h} is at its limit");
+    }
+    assert_eq!(p.tracked_hosts(), 4);
+    drop(slots);
+    for h in hosts {
+        assert!(p.try_acquire(h).is_some(), "{h} is free again");
+    }
+}
