@@ -38,13 +38,14 @@
 //! hash. Checking a known closed host allocates nothing and takes one shard lock; the
 //! `success` of a permit on a closed host touches no shared state at all.
 
-use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use hashbrown::HashTable;
 use tokio::time::Instant;
+
+use crate::shard::{Padded, host_hash, lock, shard_index};
 
 type ApiPredicate = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
@@ -182,22 +183,6 @@ struct Entry {
 struct Shard {
     map: HashTable<Entry>,
     last_sweep: Instant,
-}
-
-/// A shard's lock on its own cache lines, so that two threads working on neighbouring
-/// shards do not invalidate each other's lines.
-#[repr(align(128))]
-struct Padded<T>(T);
-
-/// The hash of a host key: shard and bucket both come from it.
-pub(crate) fn host_hash(hasher: &foldhash::fast::RandomState, host: &str) -> u64 {
-    hasher.hash_one(host)
-}
-
-/// The shard of a hash: bits 32.. (the table uses the low bits for the bucket and the top
-/// seven as tags).
-pub(crate) fn shard_index(hash: u64, shards: usize) -> usize {
-    ((hash >> 32) as usize) % shards
 }
 
 /// Hosts up to this length are stored inline, in a table's entry and in a [`Permit`]:
@@ -351,10 +336,6 @@ impl Drop for Permit<'_> {
                 .verdict(self.hash, self.host.as_str(), self.kind, Some(None));
         }
     }
-}
-
-fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl HostBreaker {

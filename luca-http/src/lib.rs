@@ -6,6 +6,7 @@ pub mod fetcher;
 pub mod metrics;
 pub mod polite;
 pub mod retry_queue;
+mod shard;
 
 pub use breaker::{BreakerConfig, HostBreaker, Open, Permit};
 pub use client::{ClientConfig, ClientError, InsecureTls, client, configure, insecure_client};

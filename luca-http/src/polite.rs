@@ -31,14 +31,15 @@
 
 use std::pin::pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hashbrown::HashTable;
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 
-use crate::breaker::{HostKey, host_hash, shard_index};
+use crate::breaker::HostKey;
+use crate::shard::{Padded, host_hash, lock, shard_index};
 
 /// Settings of [`Politeness`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,10 +153,6 @@ struct Shard {
     last_sweep: Instant,
 }
 
-/// A shard's lock on its own cache lines.
-#[repr(align(128))]
-struct Padded<T>(T);
-
 struct Inner {
     cfg: PoliteConfig,
     hasher: foldhash::fast::RandomState,
@@ -197,10 +194,6 @@ impl Drop for Slot {
             s.notify.notify_one();
         }
     }
-}
-
-fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Politeness {

@@ -1,0 +1,29 @@
+//! What the sharded per-host tables of [`HostBreaker`](crate::HostBreaker) and
+//! [`Politeness`](crate::Politeness) share: one keyed hash per host gives both the shard
+//! and the bucket, and each shard's lock sits on cache lines of its own.
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// A shard's lock on its own cache lines, so that two threads working on neighbouring
+/// shards do not invalidate each other's lines.
+#[repr(align(128))]
+pub(crate) struct Padded<T>(pub(crate) T);
+
+/// The hash of a host key: shard and bucket both come from it. Keyed (randomly seeded),
+/// since hosts come from crawled pages.
+pub(crate) fn host_hash(hasher: &foldhash::fast::RandomState, host: &str) -> u64 {
+    use std::hash::BuildHasher;
+    hasher.hash_one(host)
+}
+
+/// The shard of a hash: bits 32.. (the table uses the low bits for the bucket and the top
+/// seven as tags).
+pub(crate) fn shard_index(hash: u64, shards: usize) -> usize {
+    ((hash >> 32) as usize) % shards
+}
+
+/// Locks a shard; a panic while it was held does not brick the table (every update keeps
+/// the entries consistent).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
