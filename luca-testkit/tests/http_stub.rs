@@ -435,6 +435,10 @@ async fn https_scripted_failures_work_as_over_http() {
 
 #[tokio::test]
 async fn plain_stub_has_no_certificate() {
+    fn shareable<T: Send + Sync + 'static>() {}
+    shareable::<HttpStub>();
+    shareable::<Reply>();
+    shareable::<Gate>();
     let stub = HttpStub::start().await.unwrap();
     assert!(!stub.is_https());
     assert!(stub.cert_der().is_none() && stub.cert_pem().is_none());
@@ -452,10 +456,12 @@ async fn drop_closes_the_port_and_open_connections() {
     assert!(stub.wait_for_hits("/", 1, BOUND).await);
 
     drop(stub);
-    let refused = TcpStream::connect(addr).await;
+    // A blocking connect, so the runtime gets no chance to run the aborted accept task
+    // first: the port must already be closed when `drop` returns.
+    let refused = std::net::TcpStream::connect(addr);
     assert!(
         refused.is_err(),
-        "the port must be closed once drop returns"
+        "the port must be closed once drop returns: {refused:?}"
     );
     let mut buf = [0u8; 16];
     let read = bounded("read on the idle connection", idle.read(&mut buf)).await;
