@@ -58,8 +58,19 @@ async fn get(addr: SocketAddr, host: &str, path: &str) -> Result<Got, BoxError> 
     get_over(TcpStream::connect(addr).await?, host, path).await
 }
 
-/// One GET on a fresh TLS connection that trusts only `root`.
+/// One GET on a fresh TLS connection to `localhost` that trusts only `root`.
 async fn get_tls(addr: SocketAddr, root: &[u8], path: &str) -> Result<Got, BoxError> {
+    get_tls_as(addr, "localhost", root, path).await
+}
+
+/// One GET on a fresh TLS connection that expects a certificate for `name` and trusts
+/// only `root`.
+async fn get_tls_as(
+    addr: SocketAddr,
+    name: &str,
+    root: &[u8],
+    path: &str,
+) -> Result<Got, BoxError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(CertificateDer::from(root.to_vec()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -70,9 +81,9 @@ async fn get_tls(addr: SocketAddr, root: &[u8], path: &str) -> Result<Got, BoxEr
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = TcpStream::connect(addr).await?;
     let tls = connector
-        .connect(ServerName::try_from("localhost")?, tcp)
+        .connect(ServerName::try_from(name.to_owned())?, tcp)
         .await?;
-    get_over(tls, "localhost", path).await
+    get_over(tls, name, path).await
 }
 
 async fn bounded<T>(what: &str, future: impl Future<Output = T>) -> T {
@@ -425,6 +436,24 @@ async fn https_scripted_failures_work_as_over_http() {
         .unwrap();
     assert_eq!(busy.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(busy.headers[RETRY_AFTER], "3");
+    let as_a = bounded(
+        "GET /busy as a.test",
+        get_tls_as(stub.addr(), "a.test", &der, "/busy"),
+    )
+    .await;
+    assert!(as_a.is_err(), "the second reply (a reset) repeats");
+    let not_in_cert = bounded(
+        "GET /busy as b.test",
+        get_tls_as(stub.addr(), "b.test", &der, "/busy"),
+    )
+    .await;
+    let err = not_in_cert.err().expect("b.test is not in the certificate");
+    assert!(err.to_string().contains("certificate"), "{err}");
+    assert_eq!(
+        stub.hits("/busy"),
+        2,
+        "a refused handshake sends no request"
+    );
     let reset = bounded("GET /busy", get_tls(stub.addr(), &der, "/busy")).await;
     assert!(reset.is_err(), "a reset over TLS is a connection error");
     assert_eq!(
@@ -435,6 +464,10 @@ async fn https_scripted_failures_work_as_over_http() {
 
 #[tokio::test]
 async fn plain_stub_has_no_certificate() {
+    fn shareable<T: Send + Sync + 'static>() {}
+    shareable::<HttpStub>();
+    shareable::<Reply>();
+    shareable::<Gate>();
     let stub = HttpStub::start().await.unwrap();
     assert!(!stub.is_https());
     assert!(stub.cert_der().is_none() && stub.cert_pem().is_none());
@@ -452,10 +485,12 @@ async fn drop_closes_the_port_and_open_connections() {
     assert!(stub.wait_for_hits("/", 1, BOUND).await);
 
     drop(stub);
-    let refused = TcpStream::connect(addr).await;
+    // A blocking connect, so the runtime gets no chance to run the aborted accept task
+    // first: the port must already be closed when `drop` returns.
+    let refused = std::net::TcpStream::connect(addr);
     assert!(
         refused.is_err(),
-        "the port must be closed once drop returns"
+        "the port must be closed once drop returns: {refused:?}"
     );
     let mut buf = [0u8; 16];
     let read = bounded("read on the idle connection", idle.read(&mut buf)).await;
