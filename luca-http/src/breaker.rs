@@ -45,7 +45,7 @@ use std::time::{Duration, SystemTime};
 use hashbrown::HashTable;
 use tokio::time::Instant;
 
-use crate::shard::{Padded, host_hash, lock, shard_index};
+use crate::shard::{Padded, host_hash, later, lock, shard_index};
 
 type ApiPredicate = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
@@ -416,7 +416,7 @@ impl HostBreaker {
 
     fn start_probe(&self, e: &mut Entry, hash: u64, now: Instant) -> Permit<'_> {
         let probe = self.inner.next_probe.fetch_add(1, Ordering::Relaxed);
-        let deadline = now + self.inner.cfg.probe_deadline;
+        let deadline = later(now, self.inner.cfg.probe_deadline);
         e.state = State::HalfOpen { probe, deadline };
         self.permit(&e.key, hash, Kind::Probe(probe), Some(deadline))
     }
@@ -529,7 +529,7 @@ impl Inner {
             (State::Closed, _, None) => {}
             (State::Closed, Kind::Closed, Some(ra)) => {
                 e.failures = 1;
-                let until = now + self.cfg.penalty(e.api, 1).max(ra.unwrap_or_default());
+                let until = later(now, self.cfg.penalty(e.api, 1).max(ra.unwrap_or_default()));
                 e.state = State::Open { until };
                 self.trips.fetch_add(1, Ordering::Relaxed);
                 self.open_hosts.fetch_add(1, Ordering::Relaxed);
@@ -541,18 +541,19 @@ impl Inner {
             }
             (State::HalfOpen { probe, .. }, Kind::Probe(p), Some(ra)) if probe == p => {
                 e.failures = e.failures.saturating_add(1);
-                let until = now
-                    + self
-                        .cfg
+                let until = later(
+                    now,
+                    self.cfg
                         .penalty(e.api, e.failures)
-                        .max(ra.unwrap_or_default());
+                        .max(ra.unwrap_or_default()),
+                );
                 e.state = State::Open { until };
                 self.trips.fetch_add(1, Ordering::Relaxed);
             }
             (State::Open { until }, _, Some(Some(ra))) => {
                 // A late failure while open: only a longer Retry-After matters.
                 e.state = State::Open {
-                    until: until.max(now + ra),
+                    until: until.max(later(now, ra)),
                 };
             }
             // Late verdicts (a probe past its deadline, a request that started before

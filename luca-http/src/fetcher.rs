@@ -762,7 +762,7 @@ impl Fetcher {
             }
             n
         };
-        let due = now + self.inner.backoff.delay(attempt, retry_after);
+        let due = crate::shard::later(now, self.inner.backoff.delay(attempt, retry_after));
         self.schedule(url, due).await
     }
 

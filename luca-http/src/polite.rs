@@ -39,7 +39,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 
 use crate::breaker::HostKey;
-use crate::shard::{Padded, host_hash, lock, shard_index};
+use crate::shard::{Padded, host_hash, later, lock, shard_index};
 
 /// Settings of [`Politeness`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -279,7 +279,7 @@ impl Politeness {
         } else {
             cfg.jitter.mul_f64(fastrand::f64())
         };
-        start + cfg.min_delay + jitter
+        later(later(start, cfg.min_delay), jitter)
     }
 
     /// Reserves the next start time of `host` (after the previous one plus delay and jitter).

@@ -3,6 +3,9 @@
 //! and the bucket, and each shard's lock sits on cache lines of its own.
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 /// A shard's lock on its own cache lines, so that two threads working on neighbouring
 /// shards do not invalidate each other's lines.
@@ -26,4 +29,11 @@ pub(crate) fn shard_index(hash: u64, shards: usize) -> usize {
 /// the entries consistent).
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// `now + d`, or about 30 years ahead when that would overflow the clock (settings such as
+/// `Duration::MAX` mean "never" and must not panic).
+pub(crate) fn later(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30))
 }

@@ -309,3 +309,29 @@ async fn long_hosts_keep_their_whole_key() {
     assert_eq!(open_for(&b, &long_a), None);
     assert_eq!((b.open_hosts(), b.tracked_hosts()), (0, 4));
 }
+
+#[tokio::test(start_paused = true)]
+async fn duration_max_settings_open_hosts_far_ahead_without_panicking() {
+    let b = HostBreaker::new(
+        BreakerConfig::default()
+            .base(Duration::MAX)
+            .api_base(Duration::MAX)
+            .max(Duration::MAX)
+            .probe_deadline(Duration::MAX)
+            .idle_ttl(Duration::MAX),
+    );
+    fail(&b, "example.org", Some(Duration::MAX));
+    let open = open_for(&b, "example.org").expect("open");
+    assert!(open > S(10 * 365 * 24 * 3600), "open for years: {open:?}");
+    // A late failure with Retry-After while open, and a probe with an endless deadline.
+    b.check("other.org")
+        .expect("closed")
+        .failure(Some(Duration::MAX));
+    let b = HostBreaker::new(BreakerConfig::default().probe_deadline(Duration::MAX));
+    fail(&b, "probe.org", None);
+    advance(S(30)).await;
+    let probe = b.check("probe.org").expect("the probe");
+    assert!(probe.is_probe());
+    probe.failure(Some(Duration::MAX));
+    assert!(open_for(&b, "probe.org").is_some());
+}

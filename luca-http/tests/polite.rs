@@ -222,3 +222,21 @@ async fn long_and_short_hosts_are_counted_apart() {
         assert!(p.try_acquire(h).is_some(), "{h} is free again");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn duration_max_delays_do_not_panic() {
+    let p = Politeness::new(
+        PoliteConfig::default()
+            .min_delay(Duration::MAX)
+            .jitter(Duration::MAX)
+            .idle_ttl(Duration::MAX),
+    );
+    let first = p
+        .try_acquire("example.org")
+        .expect("the first start is now");
+    drop(first);
+    // The next start is as far ahead as the clock reaches: nothing is free now.
+    assert!(p.try_acquire("example.org").is_none());
+    let waiting = tokio::time::timeout(Duration::from_secs(3600), p.acquire("example.org")).await;
+    assert!(waiting.is_err(), "the second start is not within the hour");
+}
