@@ -2,6 +2,9 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod db;
+#[cfg(feature = "deadpool-sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "deadpool-sqlite")))]
+pub mod deadpool;
 mod error;
 pub mod local;
 pub mod metrics;

@@ -88,6 +88,7 @@ impl Histogram {
 /// Percentiles of a recorded distribution (durations in nanoseconds, or plain counts for
 /// group sizes). Values are bucket upper bounds: within 12.5 % of the exact value.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct Percentiles {
     /// Number of samples.
@@ -102,6 +103,26 @@ pub struct Percentiles {
     pub p999: u64,
     /// Largest sample.
     pub max: u64,
+}
+
+/// How a write ended, for the counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Ok,
+    Failed,
+    Panicked,
+}
+
+impl Outcome {
+    /// The `outcome` label of `luca_db_writes_total`.
+    #[cfg(feature = "metrics")]
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Failed => "error",
+            Outcome::Panicked => "panic",
+        }
+    }
 }
 
 /// Live counters of one `Db`.
@@ -160,14 +181,70 @@ impl StatsInner {
     pub(crate) fn enqueued(&self) {
         let depth = self.queue_depth.fetch_add(1, Relaxed) + 1;
         self.max_queue_depth.fetch_max(depth, Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::gauge!("luca_db_queue_depth").increment(1.0);
     }
 
     pub(crate) fn dequeued(&self, n: usize) {
         self.queue_depth.fetch_sub(n, Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::gauge!("luca_db_queue_depth").decrement(n as f64);
     }
 
     pub(crate) fn busy(&self, code: BusyCode) {
         self.busy_by_code[code.index()].fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!("luca_db_busy_total", "code" => code.name()).increment(1);
+    }
+
+    /// A transaction of `writes` writes committed, changing `changes` rows.
+    pub(crate) fn committed(&self, writes: usize, changes: u64) {
+        self.commits.fetch_add(1, Relaxed);
+        self.group_sizes.record_n(writes as u64);
+        self.rows_changed.fetch_add(changes, Relaxed);
+        #[cfg(feature = "metrics")]
+        {
+            metrics::counter!("luca_db_commits_total").increment(1);
+            metrics::histogram!("luca_db_group_size").record(writes as f64);
+        }
+    }
+
+    /// A write waited `d` from its call to the start of its transaction.
+    pub(crate) fn waited(&self, d: Duration) {
+        self.lock_wait.record(d);
+        #[cfg(feature = "metrics")]
+        metrics::histogram!("luca_db_lock_wait_seconds").record(d);
+    }
+
+    /// A write was answered, `ok` or not, `latency` after its call.
+    pub(crate) fn answered(&self, outcome: Outcome, latency: Duration) {
+        let counter = match outcome {
+            Outcome::Ok => &self.writes_ok,
+            Outcome::Panicked => {
+                self.panics.fetch_add(1, Relaxed);
+                &self.writes_failed
+            }
+            Outcome::Failed => &self.writes_failed,
+        };
+        counter.fetch_add(1, Relaxed);
+        self.write_latency.record(latency);
+        #[cfg(feature = "metrics")]
+        {
+            metrics::counter!("luca_db_writes_total", "outcome" => outcome.label()).increment(1);
+            metrics::histogram!("luca_db_write_latency_seconds").record(latency);
+        }
+    }
+
+    /// A WAL checkpoint ran, in the background or (`inline`) on the writer.
+    pub(crate) fn checkpointed(&self, inline: bool) {
+        if inline {
+            self.inline_checkpoints.fetch_add(1, Relaxed);
+        } else {
+            self.checkpoints.fetch_add(1, Relaxed);
+        }
+        #[cfg(feature = "metrics")]
+        metrics::counter!("luca_db_checkpoints_total", "where" => if inline { "writer" } else { "background" })
+            .increment(1);
     }
 
     pub(crate) fn snapshot(&self) -> DbStats {
@@ -199,6 +276,7 @@ impl StatsInner {
 
 /// What a [`Db`](crate::Db) has done so far; from [`Db::stats`](crate::Db::stats).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct DbStats {
     /// Write transactions committed (a group commit counts once).
@@ -212,7 +290,8 @@ pub struct DbStats {
     /// Reads run.
     pub reads: u64,
     /// Busy/locked errors the writer met (from other processes), by code; index with
-    /// [`BusyCode::index`].
+    /// [`BusyCode::index`]. Serialized as a map from the code's name to its count.
+    #[cfg_attr(feature = "serde", serde(serialize_with = "busy_map"))]
     pub busy_by_code: [u64; 7],
     /// Transactions the writer retried after a busy error.
     pub retries: u64,
@@ -249,6 +328,12 @@ pub struct DbStats {
     pub write_latency_ns: Percentiles,
     /// Writes per committed transaction.
     pub group_sizes: Percentiles,
+}
+
+/// `busy_by_code` as `{"SQLITE_BUSY": n, …}`: a reader of the JSON needs no index table.
+#[cfg(feature = "serde")]
+fn busy_map<S: serde::Serializer>(counts: &[u64; 7], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(BusyCode::ALL.iter().map(|c| (c.name(), counts[c.index()])))
 }
 
 impl DbStats {

@@ -16,8 +16,8 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,7 +26,7 @@ use rusqlite::Connection;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization, TransactionOperation};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
-use super::stats::StatsInner;
+use super::stats::{Outcome, StatsInner};
 use crate::error::panic_message;
 use crate::pragmas::{self, Pragmas};
 use crate::retry::{RetryPolicy, Retryable, Schedule};
@@ -138,7 +138,7 @@ pub(crate) fn checkpoint_loop(
             .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
             .is_ok()
         {
-            stats.checkpoints.fetch_add(1, Relaxed);
+            stats.checkpointed(false);
         }
     }
 }
@@ -475,8 +475,7 @@ impl Writer {
         if !entry.waited {
             entry.waited = true;
             self.stats
-                .lock_wait
-                .record(started.saturating_duration_since(entry.job.enqueued()));
+                .waited(started.saturating_duration_since(entry.job.enqueued()));
         }
     }
 
@@ -684,9 +683,7 @@ impl Writer {
     }
 
     fn committed(&self, writes: usize, changes: u64) {
-        self.stats.commits.fetch_add(1, Relaxed);
-        self.stats.group_sizes.record_n(writes as u64);
-        self.stats.rows_changed.fetch_add(changes, Relaxed);
+        self.stats.committed(writes, changes);
     }
 
     /// After a run of writes was answered: past the threshold, wake the background
@@ -715,7 +712,7 @@ impl Writer {
                 ))
             });
             if let Ok((busy, log, checkpointed)) = done {
-                self.stats.inline_checkpoints.fetch_add(1, Relaxed);
+                self.stats.checkpointed(true);
                 // Only a complete checkpoint lets the next write start the WAL over; an
                 // incomplete one (another process checkpointing, or reading an old
                 // snapshot) is tried again after the next run.
@@ -732,18 +729,12 @@ impl Writer {
     /// Counts and sends one answer. A panic while answering (the `Drop` of a value the
     /// caller no longer waits for, or of the closure's captures) is contained and counted.
     fn finish(&self, entry: Entry, outcome: Result<()>) {
-        let counter: &AtomicU64 = match &outcome {
-            Ok(()) => &self.stats.writes_ok,
-            Err(Error::Panicked { .. }) => {
-                self.stats.panics.fetch_add(1, Relaxed);
-                &self.stats.writes_failed
-            }
-            Err(_) => &self.stats.writes_failed,
+        let counted = match &outcome {
+            Ok(()) => Outcome::Ok,
+            Err(Error::Panicked { .. }) => Outcome::Panicked,
+            Err(_) => Outcome::Failed,
         };
-        counter.fetch_add(1, Relaxed);
-        self.stats
-            .write_latency
-            .record(entry.job.enqueued().elapsed());
+        self.stats.answered(counted, entry.job.enqueued().elapsed());
         let job = entry.job;
         if catch_unwind(AssertUnwindSafe(move || job.answer(outcome))).is_err() {
             self.stats.panics.fetch_add(1, Relaxed);
