@@ -319,6 +319,10 @@ pub(crate) fn run(
         };
         let batch = w.collect(first, &rx, &mut closing);
         w.stats.dequeued(batch.len());
+        // One span per run of writes (a group, or the writes re-run after it failed).
+        let span =
+            tracing::debug_span!(target: "luca_core::db", "write_batch", writes = batch.len());
+        let _entered = span.enter();
         // Every answer is sent by code that contains its own panics; this is the last
         // net, so that a bug cannot take the thread (and every later write) down.
         if catch_unwind(AssertUnwindSafe(|| w.execute(batch))).is_err() {
@@ -493,6 +497,7 @@ impl Writer {
         let outcome = match (outcome, refused) {
             (_, Some((statement, reason))) => {
                 self.stats.refused.fetch_add(1, Relaxed);
+                tracing::debug!(target: "luca_core::db", statement = %statement, reason, "write closure refused");
                 Err(Error::Refused { statement, reason })
             }
             (Ok(()), None) if rolled_back => Err(Error::TransactionEnded),
@@ -569,6 +574,11 @@ impl Writer {
                     // its own error; the others (before and after it) run again without it.
                     self.rollback();
                     self.stats.sqlite_rollbacks.fetch_add(1, Relaxed);
+                    tracing::debug!(
+                        target: "luca_core::db",
+                        others = batch.len() - 1,
+                        "SQLite rolled back the group; re-running the others"
+                    );
                     let culprit = batch.remove(i);
                     self.finish(culprit, ran.outcome);
                     if batch.is_empty() {
@@ -616,6 +626,11 @@ impl Writer {
     fn fall_back(&mut self, batch: Vec<Entry>) {
         self.rollback();
         self.stats.commit_fallbacks.fetch_add(1, Relaxed);
+        tracing::debug!(
+            target: "luca_core::db",
+            writes = batch.len(),
+            "group COMMIT failed; re-running its writes one by one"
+        );
         self.one_by_one(batch);
     }
 
@@ -664,6 +679,11 @@ impl Writer {
         }
         if let Some(conn) = self.conn.take() {
             self.stats.reopens.fetch_add(1, Relaxed);
+            tracing::warn!(
+                target: "luca_core::db",
+                path = %self.cfg.path.display(),
+                "the write connection could not leave its transaction; reopening it"
+            );
             contain(move || drop(conn.close()));
         }
         match open_connection(&self.cfg) {
@@ -673,7 +693,7 @@ impl Writer {
             }
             Err(e) => {
                 tracing::error!(
-                    target: "luca::db",
+                    target: "luca_core::db",
                     path = %self.cfg.path.display(),
                     "cannot reopen the write connection: {e}"
                 );
