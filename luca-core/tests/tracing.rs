@@ -8,9 +8,12 @@ use luca_testkit::TempDb;
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Level, Metadata, Subscriber};
 
-/// Records `(kind, level, target, name or message)` of every span and event.
+/// `(kind, level, target, name or message)` of one span or event.
+type Seen = (&'static str, Level, String, String);
+
+/// Records every span and event.
 #[derive(Clone, Default)]
-struct Recorder(Arc<Mutex<Vec<(&'static str, Level, String, String)>>>);
+struct Recorder(Arc<Mutex<Vec<Seen>>>);
 
 struct Message(String);
 
