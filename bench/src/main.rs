@@ -26,6 +26,7 @@
 //! ```
 
 mod harness;
+mod recorder;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -43,6 +44,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 const SERIAL: &str = "serial ceiling C";
 const LUCA: &str = "luca Db (Db::open)";
 const LUCA_OFF: &str = "luca Db, group commit off";
+const LUCA_METRICS: &str = "luca Db + metrics (Prometheus)";
 const DEADPOOL: &str = "deadpool-sqlite";
 const DEADPOOL_PER_WRITER: &str = "deadpool-sqlite, pool = N";
 const SQLX: &str = "sqlx SqlitePool";
@@ -54,7 +56,7 @@ luca-bench: the Db write-path benchmark
 
 usage: luca-bench [--ops N] [--passes P] [--time-limit SECS] [--writers 1,16,64,256]
                   [--workloads insert,rmw] [--queued N] [--sqlx-bin PATH | --no-sqlx]
-                  [--systems luca,luca-off,deadpool,deadpool-n,sqlx] [--tsv PATH]
+                  [--systems luca,luca-off,luca-metrics,deadpool,deadpool-n,sqlx] [--tsv PATH]
                   [--luca-wal-autocheckpoint PAGES]
 
   --ops         operations per cell and pass (default 20000)
@@ -89,9 +91,10 @@ struct Args {
 }
 
 /// The systems by their short names for `--systems`.
-const SYSTEMS: [(&str, &str); 5] = [
+const SYSTEMS: [(&str, &str); 6] = [
     ("luca", LUCA),
     ("luca-off", LUCA_OFF),
+    ("luca-metrics", LUCA_METRICS),
     ("deadpool", DEADPOOL),
     ("deadpool-n", DEADPOOL_PER_WRITER),
     ("sqlx", SQLX),
@@ -357,6 +360,33 @@ async fn luca(
             &format!("; NOT the default: wal_autocheckpoint({pages}) (--luca-wal-autocheckpoint)");
     }
     Ok((row, stats))
+}
+
+/// The Prometheus recorder of the metrics row, installed at the first such cell.
+static RECORDER: std::sync::OnceLock<Result<recorder::Switch, String>> = std::sync::OnceLock::new();
+
+/// `Db::open` as in the luca row, with luca-core's `metrics` feature reporting to a real
+/// Prometheus recorder for the length of the cell.
+fn luca_with_metrics(
+    rt: &tokio::runtime::Runtime,
+    workload: Workload,
+    writers: usize,
+    ops: u64,
+    limit: Duration,
+) -> Result<Row, BoxError> {
+    let switch = RECORDER.get_or_init(recorder::install).clone()?;
+    switch.set(true);
+    let result = rt.block_on(luca(workload, writers, ops, limit, true, None));
+    switch.set(false);
+    let (mut row, stats) = result?;
+    // The figures really reached the recorder.
+    let text = switch.render();
+    if !text.contains("luca_db_commits_total") || stats.commits == 0 {
+        return Err(format!("the Prometheus recorder saw no luca_db figures:\n{text}").into());
+    }
+    row.system = LUCA_METRICS.to_owned();
+    row.note = "Db::open; every write reported to a metrics-exporter-prometheus recorder (the other rows: the facade with no recorder on)".into();
+    Ok(row)
 }
 
 fn deadpool_pool_error(e: &PoolError) -> String {
@@ -741,6 +771,7 @@ fn run_cell(
                 }
                 row
             }),
+        LUCA_METRICS => luca_with_metrics(rt, workload, n, ops, limit),
         DEADPOOL | DEADPOOL_PER_WRITER => rt.block_on(deadpool(
             workload,
             n,
@@ -989,7 +1020,7 @@ fn main() -> ExitCode {
     );
     let luca_cells: Vec<&Cell> = cells
         .iter()
-        .filter(|c| c.system == LUCA || c.system == LUCA_OFF)
+        .filter(|c| c.system == LUCA || c.system == LUCA_OFF || c.system == LUCA_METRICS)
         .collect();
     target(
         &mut verdicts,
@@ -1025,6 +1056,24 @@ fn main() -> ExitCode {
             (peak < 64.0 && complete, detail)
         }),
     );
+    // The price of luca-core's `metrics` feature with a Prometheus recorder: reported,
+    // not a target.
+    let metric_rows: Vec<String> = args
+        .workloads
+        .iter()
+        .flat_map(|&w| args.writers.iter().map(move |&n| (w, n)))
+        .filter_map(|(w, n)| {
+            let on = find(LUCA_METRICS, w, n)?.ops_per_sec();
+            let off = find(LUCA, w, n)?.ops_per_sec();
+            Some(format!("{} N={n}: {:.2}×", w.name(), on / off))
+        })
+        .collect();
+    if !metric_rows.is_empty() {
+        println!(
+            "info  {LUCA_METRICS} throughput / {LUCA}: {}",
+            metric_rows.join(", ")
+        );
+    }
     println!(
         "\ntotal time: {:.0} s; load average (1 min) {} at the start, {} at the end",
         run_start.elapsed().as_secs_f64(),
