@@ -43,9 +43,11 @@
 //! the rest. [`Db`](crate::Db) is worth it when many tasks write at once: its single
 //! writer thread queues writes fairly in arrival order and commits them in groups (one
 //! fsync for many writes), so it does not poll for a lock at all. In this repository's
-//! benchmark (`bash bench/run.sh`, BENCHMARKS.md, "Db" section) `Db` does several times the
-//! pool's throughput at 64 writers with a p99.9 more than 10× lower, and ties it with one
-//! writer. Moving from the pool to `Db`: replace `pool.get().await?.interact(|c| …)` by
+//! `Db` benchmark (`bash bench/run.sh`; BENCHMARKS.md, the write-path tables), with 64
+//! writers inserting, `Db::open` did 246 649 ops/s against this pool's 16 228 (15×) with a
+//! p99.9 of 1.6 ms against 22 ms; with one writer 40 963 against 13 053 ops/s (3×: the pool
+//! checks each connection out with a `SELECT` and hops through `spawn_blocking`). Moving
+//! from the pool to `Db`: replace `pool.get().await?.interact(|c| …)` by
 //! `db.write(|tx| …)` for writes (the closure gets a transaction, without `BEGIN`/`COMMIT`)
 //! and `db.read(|c| …)` for reads; the file and its settings stay the same.
 //!

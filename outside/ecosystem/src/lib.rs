@@ -1,0 +1,1 @@
+//! Nothing here: the test is what a downstream user writes.
