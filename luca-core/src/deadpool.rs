@@ -8,6 +8,14 @@
 //! `foreign_keys=ON` and the WAL auto-checkpoint threshold. deadpool-sqlite's own types
 //! are re-exported, so the versions always match.
 //!
+//! One more guard: deadpool-sqlite hands a connection back out as it was returned, so a
+//! closure that left a transaction open (a `BEGIN` without `COMMIT`, an early `?` past a
+//! manual `BEGIN`) would pass that transaction to the next user, whose writes would then
+//! join it and never commit. Here a `pre_recycle` hook rolls such a transaction back when
+//! the connection is next checked out (and drops the connection if that fails). deadpool
+//! has no hook on return, so until then the connection keeps its locks: finish every
+//! transaction inside the `interact` closure (rusqlite's `Transaction` rolls back on drop).
+//!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -198,15 +206,32 @@ impl PoolBuilder {
                     .map_err(|e| HookError::message(format!("configuring a connection: {e}")))?
             })
         });
+        let roll_back_leftovers = Hook::async_fn(|conn, _| {
+            Box::pin(async move {
+                conn.interact(|c| {
+                    if c.is_autocommit() {
+                        Ok(())
+                    } else {
+                        c.execute_batch("ROLLBACK").map_err(HookError::Backend)
+                    }
+                })
+                .await
+                .map_err(|e| HookError::message(format!("checking a returned connection: {e}")))?
+            })
+        });
         let path = self.path;
         let builder = match config.builder(Runtime::Tokio1) {
             Ok(builder) => builder,
             Err(never) => match never {},
         };
-        builder.post_create(hook).build().map_err(|e| Error::Pool {
-            path,
-            reason: e.to_string(),
-        })
+        builder
+            .post_create(hook)
+            .pre_recycle(roll_back_leftovers)
+            .build()
+            .map_err(|e| Error::Pool {
+                path,
+                reason: e.to_string(),
+            })
     }
 }
 

@@ -131,6 +131,47 @@ async fn a_file_that_is_not_a_database_is_refused_on_checkout() {
     assert_eq!(pool.status().size, 0, "the refused connection is not kept");
 }
 
+#[tokio::test]
+async fn a_transaction_left_open_is_rolled_back_before_the_next_user_gets_the_connection() {
+    let tmp = TempDb::new();
+    let pool = deadpool::builder(tmp.path()).size(1).build().unwrap();
+    let conn = pool.get().await.unwrap();
+    conn.interact(|c| {
+        c.execute_batch("CREATE TABLE t (v); BEGIN IMMEDIATE; INSERT INTO t VALUES ('left open');")
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    drop(conn);
+    // The same (only) connection: the next user's write must commit on its own.
+    let conn = pool.get().await.unwrap();
+    let autocommit = conn.interact(|c| c.is_autocommit()).await.unwrap();
+    assert!(
+        autocommit,
+        "the leftover transaction was rolled back on checkout"
+    );
+    conn.interact(|c| c.execute("INSERT INTO t VALUES ('mine')", []))
+        .await
+        .unwrap()
+        .unwrap();
+    drop(conn);
+    assert_eq!(
+        pool.status().size,
+        1,
+        "the connection was kept, not replaced"
+    );
+    // Seen from another connection: only the second write is in the file.
+    let other = luca_core::rusqlite::Connection::open(tmp.path()).unwrap();
+    let rows: Vec<String> = other
+        .prepare("SELECT v FROM t")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(rows, ["mine"]);
+}
+
 #[derive(Debug, thiserror::Error)]
 enum JobError {
     #[error(transparent)]
