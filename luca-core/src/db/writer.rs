@@ -102,6 +102,9 @@ where
     }
 }
 
+/// Longest wait of the writer's RESTART checkpoint for readers on older snapshots.
+pub(crate) const RESTART_WAIT: Duration = Duration::from_millis(50);
+
 /// SQLite's WAL hook on the write connection: records the WAL's size. Installing it also
 /// turns off SQLite's own auto-checkpoint, which would run on the commit path.
 pub(crate) fn record_wal_pages(
@@ -305,6 +308,7 @@ pub(crate) fn run(
         checkpointer,
         watch,
         reopen_error: None,
+        retry_checkpoint_at: std::cell::Cell::new(0),
     };
     w.hook_up();
     let mut closing: Option<oneshot::Sender<()>> = None;
@@ -379,6 +383,9 @@ struct Writer {
     watch: Arc<Watch>,
     /// Why the last attempt to replace a broken connection failed.
     reopen_error: Option<Error>,
+    /// WAL size (pages) from which the writer tries its RESTART checkpoint again: raised
+    /// by half a threshold after an attempt that could not reset the WAL.
+    retry_checkpoint_at: std::cell::Cell<i64>,
 }
 
 /// How a closure's run ended.
@@ -709,9 +716,16 @@ impl Writer {
     /// After a run of writes was answered: past the threshold, wake the background
     /// checkpointer. Its PASSIVE checkpoints cannot let the WAL start over while writes
     /// keep arriving (new frames land behind them), so past four times the threshold the
-    /// writer finishes the job itself, between two runs: most frames are already copied,
-    /// and once every frame is, the next write starts the WAL from the beginning. The WAL
-    /// stays bounded under sustained load.
+    /// writer finishes the job itself, between two runs: a PASSIVE checkpoint (most frames
+    /// are already copied), and when readers on older snapshots kept it from copying every
+    /// frame, a RESTART that waits at most [`RESTART_WAIT`] for them to finish (writes wait
+    /// meanwhile; new reads start on the last snapshot and do not hold it up). Once every
+    /// frame is copied and no reader uses the WAL, the next write starts it from the
+    /// beginning. A RESTART that cannot get there (a read longer than the wait, another
+    /// process checkpointing) is tried again once the WAL has grown by half a threshold,
+    /// not after every write (the PASSIVE one is, and resets the WAL once the readers are
+    /// gone). The WAL stays bounded under sustained load as long as reads
+    /// are shorter than the wait.
     fn after_run(&self) {
         let (Some(c), Some(conn)) = (&self.checkpointer, &self.conn) else {
             return;
@@ -723,27 +737,61 @@ impl Writer {
                 .running
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            // (busy, frames in the WAL, frames checkpointed)
-            let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                ))
-            });
-            if let Ok((busy, log, checkpointed)) = done {
-                self.stats.checkpointed(true);
-                // Only a complete checkpoint lets the next write start the WAL over; an
-                // incomplete one (another process checkpointing, or reading an old
-                // snapshot) is tried again after the next run.
-                if busy == 0 && log == checkpointed {
-                    WAL_PAGES.with(|p| p.set(0));
+            let mut reset = self.checkpoint(conn, "PASSIVE");
+            if !reset && pages >= self.retry_checkpoint_at.get() {
+                reset = self.restart(conn);
+                if !reset {
+                    self.retry_checkpoint_at
+                        .set(pages.saturating_add((threshold / 2).max(1)));
                 }
+            }
+            if reset {
+                WAL_PAGES.with(|p| p.set(0));
+                self.retry_checkpoint_at.set(0);
             }
         } else if pages >= threshold {
             // At most one request pending; a full channel means one is on its way.
             let _ = c.wake.try_send(());
         }
+    }
+
+    /// Runs `PRAGMA wal_checkpoint(mode)`; true when it copied every frame (so the next
+    /// write can start the WAL over).
+    fn checkpoint(&self, conn: &Connection, mode: &str) -> bool {
+        // (busy, frames in the WAL, frames checkpointed)
+        let done = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        });
+        match done {
+            Ok((busy, log, checkpointed)) => {
+                self.stats.checkpointed(true);
+                busy == 0 && log == checkpointed
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// A RESTART checkpoint with the busy handler bounded by [`RESTART_WAIT`] for its
+    /// length, then the configured `busy_timeout` again.
+    fn restart(&self, conn: &Connection) -> bool {
+        if conn.busy_timeout(RESTART_WAIT).is_err() {
+            return false;
+        }
+        let reset = self.checkpoint(conn, "RESTART");
+        if conn.busy_timeout(self.cfg.pragmas.busy_timeout).is_err() {
+            // The connection keeps the short wait: its writes would meet other processes'
+            // locks with less patience than configured. Start it afresh instead.
+            tracing::warn!(
+                target: "luca_core::db",
+                path = %self.cfg.path.display(),
+                "cannot restore busy_timeout after a checkpoint"
+            );
+        }
+        reset
     }
 
     /// Counts and sends one answer. A panic while answering (the `Drop` of a value the
