@@ -918,8 +918,10 @@ fn main() -> ExitCode {
 
     if !luca_stats.is_empty() {
         println!("\n{LUCA}, group commit as db.stats() saw it (sums and maxima over the passes):");
-        println!("| workload | N | commits | writes / commit | largest group | max queue depth |");
-        println!("|---|---:|---:|---:|---:|---:|");
+        println!(
+            "| workload | N | commits | writes / commit | largest group | max queue depth | checkpoints (background + writer) per pass |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---:|");
         for &workload in &args.workloads {
             for &n in &args.writers {
                 let runs: Vec<&DbStats> = luca_stats
@@ -929,12 +931,17 @@ fn main() -> ExitCode {
                     .collect();
                 let commits: u64 = runs.iter().map(|s| s.commits).sum();
                 let writes: u64 = runs.iter().map(|s| s.writes_ok).sum();
+                let passes = runs.len().max(1) as f64;
+                let background: u64 = runs.iter().map(|s| s.checkpoints).sum();
+                let inline: u64 = runs.iter().map(|s| s.inline_checkpoints).sum();
                 println!(
-                    "| {} | {n} | {commits} | {:.1} | {} | {} |",
+                    "| {} | {n} | {commits} | {:.1} | {} | {} | {:.0} + {:.0} |",
                     workload.name(),
                     writes as f64 / commits.max(1) as f64,
                     runs.iter().map(|s| s.group_sizes.max).max().unwrap_or(0),
                     runs.iter().map(|s| s.max_queue_depth).max().unwrap_or(0),
+                    background as f64 / passes,
+                    inline as f64 / passes,
                 );
             }
         }

@@ -309,6 +309,7 @@ pub(crate) fn run(
         watch,
         reopen_error: None,
         retry_checkpoint_at: std::cell::Cell::new(0),
+        woke_checkpointer_at: std::cell::Cell::new(0),
     };
     w.hook_up();
     let mut closing: Option<oneshot::Sender<()>> = None;
@@ -383,6 +384,9 @@ struct Writer {
     watch: Arc<Watch>,
     /// Why the last attempt to replace a broken connection failed.
     reopen_error: Option<Error>,
+    /// WAL size (pages) when the background checkpointer was last woken: it is woken again
+    /// only once the WAL has grown by another threshold (or started over).
+    woke_checkpointer_at: std::cell::Cell<i64>,
     /// WAL size (pages) from which the writer tries its RESTART checkpoint again: raised
     /// by half a threshold after an attempt that could not reset the WAL.
     retry_checkpoint_at: std::cell::Cell<i64>,
@@ -714,17 +718,17 @@ impl Writer {
     }
 
     /// After a run of writes was answered: past the threshold, wake the background
-    /// checkpointer. Its PASSIVE checkpoints cannot let the WAL start over while writes
+    /// checkpointer (once per threshold of growth). Its PASSIVE checkpoints cannot let the WAL start over while writes
     /// keep arriving (new frames land behind them), so past four times the threshold the
     /// writer finishes the job itself, between two runs: a PASSIVE checkpoint (most frames
     /// are already copied), and when readers on older snapshots kept it from copying every
     /// frame, a RESTART that waits at most [`RESTART_WAIT`] for them to finish (writes wait
     /// meanwhile; new reads start on the last snapshot and do not hold it up). Once every
     /// frame is copied and no reader uses the WAL, the next write starts it from the
-    /// beginning. A RESTART that cannot get there (a read longer than the wait, another
+    /// beginning. An attempt that cannot get there (a read longer than the wait, another
     /// process checkpointing) is tried again once the WAL has grown by half a threshold,
-    /// not after every write (the PASSIVE one is, and resets the WAL once the readers are
-    /// gone). The WAL stays bounded under sustained load as long as reads
+    /// not after every write; meanwhile the background checkpointer, woken once per
+    /// threshold of growth, resets the WAL as soon as the readers are gone. The WAL stays bounded under sustained load as long as reads
     /// are shorter than the wait.
     fn after_run(&self) {
         let (Some(c), Some(conn)) = (&self.checkpointer, &self.conn) else {
@@ -732,26 +736,37 @@ impl Writer {
         };
         let pages = i64::from(WAL_PAGES.with(std::cell::Cell::get));
         let threshold = i64::from(c.threshold);
-        if pages >= 4 * threshold {
+        if pages < self.retry_checkpoint_at.get() / 2 {
+            // The WAL started over (a background checkpoint caught up once the readers
+            // were gone, or another process checkpointed): attempts are due again.
+            self.retry_checkpoint_at.set(0);
+        }
+        if pages >= 4 * threshold && pages >= self.retry_checkpoint_at.get() {
             let _running = c
                 .running
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let mut reset = self.checkpoint(conn, "PASSIVE");
-            if !reset && pages >= self.retry_checkpoint_at.get() {
-                reset = self.restart(conn);
-                if !reset {
-                    self.retry_checkpoint_at
-                        .set(pages.saturating_add((threshold / 2).max(1)));
-                }
-            }
+            let reset = self.checkpoint(conn, "PASSIVE") || self.restart(conn);
             if reset {
                 WAL_PAGES.with(|p| p.set(0));
                 self.retry_checkpoint_at.set(0);
+            } else {
+                self.retry_checkpoint_at
+                    .set(pages.saturating_add((threshold / 2).max(1)));
             }
-        } else if pages >= threshold {
-            // At most one request pending; a full channel means one is on its way.
-            let _ = c.wake.try_send(());
+        } else {
+            // Once per threshold of growth, not after every commit: a PASSIVE checkpoint
+            // beside constant commits never lets the WAL start over, so "past the
+            // threshold" stays true and would wake the checkpointer after every write.
+            let woke = self.woke_checkpointer_at.get();
+            if pages < woke {
+                // The WAL started over.
+                self.woke_checkpointer_at.set(0);
+            } else if pages >= threshold && pages >= woke + threshold {
+                self.woke_checkpointer_at.set(pages);
+                // At most one request pending; a full channel means one is on its way.
+                let _ = c.wake.try_send(());
+            }
         }
     }
 

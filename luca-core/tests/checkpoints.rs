@@ -1,0 +1,97 @@
+//! How often `Db` checkpoints: amortised over the WAL's growth, not once per commit.
+
+use luca_core::Db;
+use luca_testkit::TempDb;
+
+/// 20 000 writes from one task (the commonest program: one writing task), default
+/// threshold (1000 pages): every commit crosses "past the threshold" once the WAL is there,
+/// but the background checkpointer is woken once per threshold of growth, and the writer's
+/// own checkpoint runs at four thresholds: a few dozen checkpoints, not thousands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_writer_checkpoints_once_per_threshold_of_growth() {
+    const WRITES: u64 = 20_000;
+    let tmp = TempDb::new();
+    let db = Db::open(tmp.path()).await.unwrap();
+    db.write(|c| Ok(c.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")?))
+        .await
+        .unwrap();
+    for i in 0..WRITES as i64 {
+        db.write(move |c| {
+            c.execute("INSERT INTO t (v) VALUES (randomblob(100 + ?1 % 50))", [i])?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    }
+    db.close().await.unwrap();
+    let s = db.stats();
+    let total = s.checkpoints + s.inline_checkpoints;
+    println!(
+        "{WRITES} lone writes: {} commits, {} background + {} writer checkpoints",
+        s.commits, s.checkpoints, s.inline_checkpoints
+    );
+    assert!(
+        s.inline_checkpoints >= 1,
+        "the WAL reached four thresholds and the writer reset it: {s:?}"
+    );
+    assert!(
+        total <= 50,
+        "{total} checkpoints for {WRITES} writes: {s:?}"
+    );
+}
+
+/// A reader in another connection keeps an old snapshot for the whole run: no checkpoint
+/// can reset the WAL. The writer's attempts are spaced by the WAL's growth (half a
+/// threshold), not made after every write, and each waits a bounded time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_snapshot_does_not_make_the_writer_checkpoint_after_every_write() {
+    const WRITES: i64 = 10_000;
+    const T: u32 = 200;
+    let tmp = TempDb::new();
+    let db = Db::builder(tmp.path())
+        .wal_autocheckpoint(T)
+        .build()
+        .await
+        .unwrap();
+    db.write(|c| Ok(c.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")?))
+        .await
+        .unwrap();
+    let reader = luca_core::rusqlite::Connection::open(tmp.path()).unwrap();
+    reader.execute_batch("BEGIN").unwrap();
+    let _: i64 = reader
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    for i in 0..WRITES {
+        db.write(move |c| {
+            c.execute("INSERT INTO t (v) VALUES (randomblob(100 + ?1 % 50))", [i])?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    }
+    let frames: i64 = db
+        .read(|c| Ok(c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))?))
+        .await
+        .unwrap();
+    reader.execute_batch("COMMIT").unwrap();
+    db.close().await.unwrap();
+    let s = db.stats();
+    println!(
+        "{WRITES} writes beside a pinned snapshot: WAL {frames} frames, {} background + {} \
+         writer checkpoints",
+        s.checkpoints, s.inline_checkpoints
+    );
+    assert!(
+        frames > 4 * i64::from(T),
+        "the snapshot pinned the WAL: {frames} frames"
+    );
+    // At most one background wake per threshold of growth, one PASSIVE and one RESTART per
+    // half threshold past four.
+    let bound = (frames / i64::from(T) + 2 * 2 * frames / i64::from(T) + 4) as u64;
+    assert!(
+        s.checkpoints + s.inline_checkpoints <= bound,
+        "{} + {} checkpoints for a WAL of {frames} frames (bound {bound}): {s:?}",
+        s.checkpoints,
+        s.inline_checkpoints
+    );
+}
