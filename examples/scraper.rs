@@ -201,8 +201,13 @@ struct Tally {
     links_found: u64,
     #[shared(counter)]
     outside_links: u64,
+    /// Leads found, counting each page they are on.
     #[shared(counter)]
     leads_found: u64,
+    /// Calls of `save_leads`.
+    #[shared(counter)]
+    lead_saves: u64,
+    /// Leads `save_leads` acknowledged as new rows.
     #[shared(counter)]
     leads_saved: u64,
 }
@@ -540,6 +545,7 @@ async fn visit(crawl: Arc<Crawl>, url: String) -> Result<Vec<String>, BoxError> 
                 let saved =
                     tokio::task::spawn_blocking(move || save_leads(&path, run, &page_url, &leads))
                         .await??;
+                crawl.tally.incr_lead_saves();
                 crawl.tally.add_leads_saved(saved as u64);
             }
             let new = store_page(&crawl.db, crawl.run, &url, page.body.len(), links).await?;
@@ -846,7 +852,11 @@ pub(crate) async fn run(cfg: &Config) -> Result<Report, BoxError> {
         breaker.open_hosts(),
         breaker.trips()
     );
-    let _ = writeln!(t, "#[db_retry] save_leads: {db_retries}\n");
+    let _ = writeln!(
+        t,
+        "#[db_retry] save_leads: {} calls on blocking threads' own connections; {db_retries}\n",
+        crawl.tally.lead_saves()
+    );
     let _ = writeln!(t, "{}", fetcher.metrics());
 
     t.push_str("checks:\n");
@@ -876,9 +886,9 @@ pub(crate) async fn run(cfg: &Config) -> Result<Report, BoxError> {
         ),
     );
     check(
-        leads_stored == crawl.tally.leads_saved() && leads_stored == crawl.tally.leads_found(),
+        leads_stored == crawl.tally.leads_saved(),
         format!(
-            "leads stored ({leads_stored}) = leads saved ({}) = leads found ({})",
+            "leads stored ({leads_stored}) = leads acknowledged by save_leads ({}; found {} times)",
             crawl.tally.leads_saved(),
             crawl.tally.leads_found()
         ),
@@ -891,10 +901,18 @@ pub(crate) async fn run(cfg: &Config) -> Result<Report, BoxError> {
             snap.outcomes()
         ),
     );
+    // A request the client gave up on (a timeout) stays in its server's count until the
+    // server notices the closed connection, after the client has freed the slot: only
+    // hosts without timeouts are held to the limit exactly.
+    let answered = |h: &&Host| hosts.get(&h.authority()).is_none_or(|c| c.timeouts == 0);
     check(
         web.iter()
+            .filter(answered)
             .all(|h| h.stub.max_concurrent("127.0.0.1") <= PER_HOST),
-        format!("no host saw more than {PER_HOST} requests at once"),
+        format!(
+            "no host saw more than {PER_HOST} requests at once (by its own count; {} hosts without timeouts)",
+            web.iter().filter(answered).count()
+        ),
     );
     check(
         total(|c| c.server_errors) > 0
