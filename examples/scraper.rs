@@ -893,6 +893,16 @@ pub(crate) async fn run(cfg: &Config) -> Result<Report, BoxError> {
             crawl.tally.leads_found()
         ),
     );
+    // Each host's index and pages; the healthy host's missing page and the stalling
+    // host's hanging page are the two that cannot be had.
+    let reachable = (web.len() * (cfg.pages + 1)) as u64;
+    check(
+        stored("fetched") == reachable && stored("not_found") == 1 && stored("gave_up") == 1,
+        format!(
+            "every page that answers was fetched in the end ({} of {reachable}); only the missing one and the hanging one were not",
+            stored("fetched")
+        ),
+    );
     check(
         snap.outcomes() == snap.requests,
         format!(

@@ -201,7 +201,8 @@ fn os(args: &[&str]) -> Vec<OsString> {
 
 /// The scraper's report has every part the README quotes, and its checks pass.
 fn scraper_report_in_process() {
-    let cfg = scraper::parse_args(os(&["--pages", "4", "--tasks", "8"])).expect("valid flags");
+    let cfg = scraper::parse_args(os(&["--pages", "4", "--tasks", "8", "--deadline", "20"]))
+        .expect("valid flags");
     let report = runtime()
         .block_on(scraper::run(&cfg))
         .expect("the crawl runs");
@@ -233,13 +234,16 @@ fn scraper_report_in_process() {
     assert!(t.contains("breaker: 4 hosts tracked"), "{t}");
     assert!(t.contains("metric             count"), "{t}");
     assert!(t.contains("\nrequests "), "{t}");
-    assert_eq!(t.matches("\n  ok   ").count(), 8, "{t}");
+    assert_eq!(t.matches("\n  ok   ").count(), 9, "{t}");
     assert!(!t.contains("FAIL"), "{t}");
 }
 
 /// The scraper as a process: exit code 0 and the final report on stdout.
 fn scraper_process_exits_0() {
-    let child = run_child("scraper", &["--pages", "3", "--tasks", "4"]);
+    let child = run_child(
+        "scraper",
+        &["--pages", "3", "--tasks", "4", "--deadline", "20"],
+    );
     let out = &child.stdout;
     assert!(
         child.status.success(),
