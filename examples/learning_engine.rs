@@ -167,13 +167,12 @@ impl Counts {
 /// Every row's counts, by `(kind, pattern)`.
 pub(crate) type Table = BTreeMap<(String, String), Counts>;
 
-/// Where the engine keeps what it learned. The workload ([`run_workload`]) sees only this
-/// trait: a store for another database implements these methods (a PostgreSQL store would
-/// make `record` one `INSERT … ON CONFLICT … DO UPDATE` in a transaction, or the same
-/// read-modify-write under `SELECT … FOR UPDATE`).
+/// Where the engine keeps what it learned, its table created. The workload
+/// ([`run_workload`]) and the report ([`run_on`]) see only this trait: a store for another
+/// database implements these methods (a PostgreSQL store would make `record` the same
+/// read-modify-write in a transaction, under `SELECT … FOR UPDATE`, or one
+/// `INSERT … ON CONFLICT … DO UPDATE SET n = n + 1`).
 pub(crate) trait PatternStore: Clone + Send + Sync + 'static {
-    /// Creates the table if it is missing.
-    fn prepare(&self) -> impl Future<Output = Result<(), BoxError>> + Send;
     /// Records one outcome; `Ok` means it is committed.
     fn record(
         &self,
@@ -193,21 +192,23 @@ pub(crate) trait PatternStore: Clone + Send + Sync + 'static {
 #[derive(Clone)]
 pub(crate) struct SqliteStore {
     db: Db,
+    /// The commits and writes made by [`SqliteStore::open`], left out of the summary.
+    setup: (u64, u64),
 }
 
 impl SqliteStore {
+    /// Opens (or creates) the file and the table.
     pub(crate) async fn open(path: &std::path::Path) -> Result<SqliteStore, BoxError> {
-        Ok(SqliteStore {
+        let mut store = SqliteStore {
             db: Db::open(path).await?,
-        })
+            setup: (0, 0),
+        };
+        store.prepare().await?;
+        let s = store.db.stats();
+        store.setup = (s.commits, s.writes_ok);
+        Ok(store)
     }
 
-    pub(crate) async fn close(&self) -> Result<(), BoxError> {
-        Ok(self.db.close().await?)
-    }
-}
-
-impl PatternStore for SqliteStore {
     async fn prepare(&self) -> Result<(), BoxError> {
         self.db
             .write(|conn| {
@@ -227,6 +228,13 @@ impl PatternStore for SqliteStore {
         Ok(())
     }
 
+    /// Finishes the queued writes and closes the file.
+    pub(crate) async fn close(&self) -> Result<(), BoxError> {
+        Ok(self.db.close().await?)
+    }
+}
+
+impl PatternStore for SqliteStore {
     async fn record(
         &self,
         kind: &'static str,
@@ -302,8 +310,8 @@ impl PatternStore for SqliteStore {
         let s = self.db.stats();
         format!(
             "Db: {} writes acknowledged in {} commits (group size p50 {}, max {}), write latency p99 {:.1} ms, {} busy errors",
-            s.writes_ok,
-            s.commits,
+            s.writes_ok - self.setup.1,
+            s.commits - self.setup.0,
             s.group_sizes.p50,
             s.group_sizes.max,
             s.write_latency_ns.p99 as f64 / 1e6,
@@ -416,7 +424,8 @@ impl Report {
     }
 }
 
-/// Runs the workload on the store the command line names, then reports.
+/// Runs the workload on the store the command line names, then reports. (A
+/// `--postgres URL` option would open a PostgreSQL store here and hand it to [`run_on`].)
 pub(crate) async fn run(cfg: &Config) -> Result<Report, BoxError> {
     let temp;
     let path = match &cfg.db {
@@ -434,7 +443,6 @@ pub(crate) async fn run(cfg: &Config) -> Result<Report, BoxError> {
 
 /// The run on any store: counts before, the workload, counts after, the report.
 pub(crate) async fn run_on<S: PatternStore>(store: &S, cfg: &Config) -> Result<Report, BoxError> {
-    store.prepare().await?;
     let before = store.counts().await?;
     let work = run_workload(store, cfg.tasks, cfg.records).await?;
     let after = store.counts().await?;

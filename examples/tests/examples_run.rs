@@ -393,9 +393,6 @@ struct FaultyStore {
 }
 
 impl PatternStore for FaultyStore {
-    async fn prepare(&self) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        self.inner.prepare().await
-    }
     async fn record(
         &self,
         kind: &'static str,
