@@ -669,7 +669,7 @@ pub(crate) async fn run(cfg: &Config) -> Result<Report, BoxError> {
         BreakerConfig::default()
             .base(Duration::from_millis(50))
             .max(Duration::from_millis(1500))
-            .probe_deadline(Duration::from_secs(2)),
+            .probe_deadline(Duration::from_millis(600)),
     );
     let fetcher = Fetcher::builder()
         .client(client)
