@@ -854,7 +854,7 @@ pub(crate) async fn run(cfg: &Config) -> Result<Report, BoxError> {
     );
     let _ = writeln!(
         t,
-        "#[db_retry] save_leads: {} calls on blocking threads' own connections; {db_retries}\n",
+        "#[db_retry] save_leads: {} calls on blocking threads' own connections; {db_retries}",
         crawl.tally.lead_saves()
     );
     let _ = writeln!(t, "{}", fetcher.metrics());
