@@ -310,8 +310,8 @@ impl PatternStore for SqliteStore {
         let s = self.db.stats();
         format!(
             "Db: {} writes acknowledged in {} commits (group size p50 {}, max {}), write latency p99 {:.1} ms, {} busy errors",
-            s.writes_ok - self.setup.1,
-            s.commits - self.setup.0,
+            s.writes_ok.saturating_sub(self.setup.1),
+            s.commits.saturating_sub(self.setup.0),
             s.group_sizes.p50,
             s.group_sizes.max,
             s.write_latency_ns.p99 as f64 / 1e6,
@@ -346,9 +346,11 @@ impl Rng {
 pub(crate) struct Workload {
     /// The outcomes whose `record` returned `Ok`, by row.
     pub(crate) acknowledged: Table,
-    /// Records that returned an error, with the first error's text.
+    /// Records that returned an error.
     pub(crate) errors: u64,
+    /// The first error's text.
     pub(crate) first_error: Option<String>,
+    /// How long the workload took.
     pub(crate) elapsed: Duration,
 }
 
