@@ -201,6 +201,9 @@ struct Tally {
     links_found: u64,
     #[shared(counter)]
     outside_links: u64,
+    /// URLs handed to a fetch task that are not in this run's web (never fetched).
+    #[shared(counter)]
+    out_of_scope: u64,
     /// Leads found, counting each page they are on.
     #[shared(counter)]
     leads_found: u64,
@@ -520,8 +523,14 @@ fn extract_leads(html: &str) -> Vec<Lead> {
 
 /// Fetches one URL and stores what it found; returns the URLs it discovered.
 async fn visit(crawl: Arc<Crawl>, url: String) -> Result<Vec<String>, BoxError> {
-    let outcome = crawl.fetcher.fetch(url.as_str()).await;
+    // `host_of` gives what `authority` gives for the URLs of this web (no default ports).
     let host = host_of(&url);
+    if !crawl.scope.contains(&host) {
+        // Only the queue could hand one out (links are scoped when found): never fetched.
+        crawl.tally.incr_out_of_scope();
+        return Ok(Vec::new());
+    }
+    let outcome = crawl.fetcher.fetch(url.as_str()).await;
     let count = |f: fn(&mut HostTally)| {
         crawl
             .tally
@@ -901,6 +910,13 @@ pub(crate) async fn run(cfg: &Config) -> Result<Report, BoxError> {
         format!(
             "every page that answers was fetched in the end ({} of {reachable}); only the missing one and the hanging one were not",
             stored("fetched")
+        ),
+    );
+    check(
+        crawl.tally.out_of_scope() == 0,
+        format!(
+            "every URL the crawl took up is in this run's web ({} were not)",
+            crawl.tally.out_of_scope()
         ),
     );
     check(

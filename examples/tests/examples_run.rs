@@ -29,9 +29,13 @@ const CHILD_LIMIT: Duration = Duration::from_secs(30);
 
 type Test = (&'static str, fn());
 
-const TESTS: [Test; 7] = [
+const TESTS: [Test; 8] = [
     ("scraper_report_in_process", scraper_report_in_process),
     ("scraper_process_exits_0", scraper_process_exits_0),
+    (
+        "scraper_stopped_run_exits_1_and_the_next_drops_its_retries",
+        scraper_stopped_then_rerun,
+    ),
     ("scraper_bad_flags", scraper_bad_flags),
     (
         "learning_engine_ranking_in_process",
@@ -234,7 +238,7 @@ fn scraper_report_in_process() {
     assert!(t.contains("breaker: 4 hosts tracked"), "{t}");
     assert!(t.contains("metric             count"), "{t}");
     assert!(t.contains("\nrequests "), "{t}");
-    assert_eq!(t.matches("\n  ok   ").count(), 9, "{t}");
+    assert_eq!(t.matches("\n  ok   ").count(), 10, "{t}");
     assert!(!t.contains("FAIL"), "{t}");
 }
 
@@ -259,6 +263,48 @@ fn scraper_process_exits_0() {
     assert!(out.contains("metric             count"), "{out}");
     assert!(out.contains("retries scheduled"), "{out}");
     assert!(out.contains("checks:\n"), "{out}");
+    assert!(!out.contains("FAIL"), "{out}");
+}
+
+/// A crawl stopped by its deadline fails its checks and exits 1, leaving retries in the
+/// queue's table; the next run on the same file drops them (their hosts are gone) and
+/// passes. The rate-limited host's `Retry-After: 1` comes after the run's start, so a 1 s
+/// deadline always stops the crawl with that retry still queued.
+fn scraper_stopped_then_rerun() {
+    let db = luca_testkit::TempDb::named("crawl.db");
+    let path = db.path().to_str().expect("a UTF-8 temp path");
+    let stopped = run_child(
+        "scraper",
+        &["--pages", "2", "--deadline", "1", "--db", path],
+    );
+    let out = &stopped.stdout;
+    assert_eq!(stopped.status.code(), Some(1), "{out}\n{}", stopped.stderr);
+    assert!(out.contains("crawl STOPPED AT THE DEADLINE"), "{out}");
+    assert!(out.contains("  FAIL the retry queue is drained"), "{out}");
+    let left: usize = out
+        .split_once("retries scheduled, ")
+        .and_then(|(_, rest)| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no queue line:\n{out}"));
+    assert!(left >= 1, "{out}");
+
+    let rerun = run_child(
+        "scraper",
+        &["--pages", "2", "--deadline", "20", "--db", path],
+    );
+    let out = &rerun.stdout;
+    assert!(
+        rerun.status.success(),
+        "exit {:?}\n{out}\n{}",
+        rerun.status,
+        rerun.stderr
+    );
+    assert!(
+        out.contains(&format!(
+            "dropped {left} retries an earlier run left in `scraper_retry_queue`"
+        )),
+        "{out}"
+    );
     assert!(!out.contains("FAIL"), "{out}");
 }
 
