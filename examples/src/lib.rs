@@ -3,6 +3,12 @@
 //!
 //! - `cargo run --release --example contention` — the main job: the concurrency checks on
 //!   an embedded SQLite file (exits non-zero if one fails);
+//! - `cargo run --release --example scraper` — a small crawler over an in-process loopback
+//!   "web" of four hosts (healthy, flaky, rate-limiting, stalling): `luca_http::Fetcher`,
+//!   the retry queue in a `Db`, leads stored by `#[db_retry]` functions;
+//! - `cargo run --release --example learning_engine` — many tasks record which extraction
+//!   patterns worked (read-modify-write upserts on a `Db`), then print the ranking and
+//!   prove no update was lost;
 //! - `cargo run --release --example bench_db_retry` — `#[db_retry]` success-path overhead
 //!   against hand-written functions;
 //! - `cargo run --release --example bench_shared_state` — `#[shared_state]` throughput
