@@ -1,8 +1,7 @@
-//! Procedural macros of [luca](https://docs.rs/luca-core). Use them through `luca-core`,
-//! which re-exports them and the runtime their expansions call: `use luca_core::db_retry;`.
-//!
-//! Each macro is split the same way: `attr` parses the arguments, `ast` gives a typed view
-//! of the item, `valid` checks the rules, `expand` writes the code.
+#![doc = include_str!("../README.md")]
+
+// Each macro is split the same way: `attr` parses the arguments, `ast` gives a typed view
+// of the item, `valid` checks the rules, `expand` writes the code.
 
 mod common;
 mod db_retry;
