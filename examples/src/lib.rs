@@ -43,3 +43,5 @@ pub mod stats {
         }
     }
 }
+
+pub mod contention;
