@@ -34,7 +34,9 @@ pub(crate) fn write_svg(path: &Path, report: &Report) -> Result<(), String> {
             ("sans-serif", 22),
         )
         .map_err(|e| e.to_string())?;
-    let panels = root.split_evenly((rows as usize, 2));
+    let (charts, legend_area) = root.split_horizontally(960);
+    legend(&legend_area)?;
+    let panels = charts.split_evenly((rows as usize, 2));
     for (i, w) in report.workloads.iter().enumerate() {
         chart(&panels[2 * i], w, Metric::Throughput)?;
         chart(&panels[2 * i + 1], w, Metric::P99)?;
@@ -116,9 +118,7 @@ fn chart(
                 [(x_lo, c), (x_hi, c)],
                 CEILING.stroke_width(1),
             ))
-            .map_err(|e| e.to_string())?
-            .label("serial ceiling")
-            .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], CEILING));
+            .map_err(|e| e.to_string())?;
     }
     for (system, colour) in System::ALL.into_iter().zip(COLOURS) {
         let points: Vec<(f64, f64)> = w
@@ -132,19 +132,31 @@ fn chart(
                 points.iter().copied(),
                 colour.stroke_width(2),
             ))
-            .map_err(|e| e.to_string())?
-            .label(system.label())
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], colour.stroke_width(2)));
+            .map_err(|e| e.to_string())?;
         chart
             .draw_series(points.iter().map(|&p| Circle::new(p, 3, colour.filled())))
             .map_err(|e| e.to_string())?;
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerLeft)
-        .label_font(("sans-serif", 13))
-        .draw()
-        .map_err(|e| e.to_string())
+    Ok(())
+}
+
+/// One legend for every chart, in its own column, so it never hides a point.
+fn legend(area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>) -> Result<(), String> {
+    let entries = std::iter::once(("serial ceiling", CEILING, 1)).chain(
+        System::ALL
+            .into_iter()
+            .zip(COLOURS)
+            .map(|(s, c)| (s.label(), c, 2)),
+    );
+    for (i, (label, colour, width)) in entries.enumerate() {
+        let y = 70 + 24 * i as i32;
+        area.draw(&PathElement::new(
+            [(10, y), (40, y)],
+            colour.stroke_width(width),
+        ))
+        .map_err(|e| e.to_string())?;
+        area.draw(&Text::new(label, (48, y - 7), ("sans-serif", 14)))
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
