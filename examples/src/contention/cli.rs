@@ -23,7 +23,7 @@ pub(crate) const MAX_DURATION_SECS: f64 = 3600.0;
                   a write; 1 otherwise; 2 for bad flags."
 )]
 pub struct Options {
-    /// Writer counts to compare, comma-separated (each 1..=512).
+    /// Writer counts to compare, comma-separated (each 1..=512; run in increasing order).
     #[arg(
         long,
         value_name = "N,N,…",
@@ -76,6 +76,7 @@ impl Options {
             usage: Options::command().render_usage().to_string(),
             error,
         })?;
+        options.writers.sort_unstable();
         options.writers.dedup();
         Ok(options)
     }

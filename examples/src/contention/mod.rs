@@ -280,7 +280,7 @@ fn run_job(
         },
     );
     if let Ok(style) =
-        ProgressStyle::with_template("{elapsed:>4} [{bar:32}] {pos}/{len} runs  {msg}")
+        ProgressStyle::with_template("{elapsed:>4} [{bar:32}] {pos}/{len} runs  {wide_msg}")
     {
         bar.set_style(style.progress_chars("=> "));
     }
