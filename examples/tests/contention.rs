@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use luca_examples::contention::run;
 
@@ -360,15 +360,10 @@ fn walk(path: &Path) -> Vec<PathBuf> {
 fn the_example_binary_exits_0_on_a_small_run_and_2_on_a_bad_flag() {
     let binary = example_binary();
     let run = |args: &[&str]| {
-        let mut child = Command::new(&binary);
-        child.args(args);
-        let started = std::time::Instant::now();
-        let output = child.output().expect("run the example");
-        assert!(
-            started.elapsed() < Duration::from_secs(25),
-            "{args:?} took too long"
-        );
-        output
+        Command::new(&binary)
+            .args(args)
+            .output()
+            .expect("run the example")
     };
     let small = run(&SMALL);
     let stdout = String::from_utf8_lossy(&small.stdout);
