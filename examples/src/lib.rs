@@ -49,3 +49,5 @@ pub mod stats {
         }
     }
 }
+
+pub mod contention;
