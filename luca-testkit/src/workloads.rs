@@ -333,7 +333,10 @@ impl Default for Learning {
 impl Learning {
     /// The pattern and outcome (success?) of operation `id`.
     pub fn outcome(&self, id: u64) -> (String, bool) {
-        (format!("p{}", id % self.patterns.max(1)), !id.is_multiple_of(3))
+        (
+            format!("p{}", id % self.patterns.max(1)),
+            !id.is_multiple_of(3),
+        )
     }
 }
 
