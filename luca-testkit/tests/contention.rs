@@ -704,3 +704,89 @@ fn learning_check_compares_every_pattern() {
         .unwrap();
     assert_eq!(w.check(&c, &acked).unwrap().count, 2);
 }
+
+// --- Every workload through every API ------------------------------------------------------
+
+#[luca_core::db_retry(max_retries = 8, delay_ms = 5)]
+fn apply_local<W: Workload>(w: &W, path: &std::path::Path, id: u64) -> luca_core::Result<()> {
+    luca_core::local::with_connection(path, |c| Ok(w.apply_immediate(c, id)?))
+}
+
+fn every_api<W: Workload>(w: W) {
+    // A `Db`, tokio tasks.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let tmp = TempDb::new();
+    rt.block_on(async {
+        let db = tmp.db().await.unwrap();
+        w.setup_db(&db).await.unwrap();
+        let (handle, w2) = (db.clone(), w.clone());
+        let report = Contention::new(16)
+            .ops(10)
+            .check_workload(w.clone(), tmp.path())
+            .run_async(move |op| {
+                let (db, w) = (handle.clone(), w2.clone());
+                async move { w.write(&db, op.id).await }
+            })
+            .await;
+        report.assert_clean();
+        // The Db's own reader sees the same.
+        let acked = Acked::from_ids(0..160);
+        assert_eq!(w.check_db(&db, &acked).await.unwrap(), Lost::none());
+        db.close().await.unwrap();
+    });
+
+    // `#[db_retry]` over thread-local connections, threads.
+    let tmp = TempDb::new();
+    w.setup_path(tmp.path()).unwrap();
+    let path = tmp.path().to_path_buf();
+    let report = Contention::new(16)
+        .ops(10)
+        .check_workload(w.clone(), tmp.path())
+        .run(|op| apply_local(&w, &path, op.id));
+    report.assert_clean();
+
+    // Plain rusqlite, a connection per operation, BEGIN IMMEDIATE.
+    let tmp = TempDb::new();
+    w.setup_path(tmp.path()).unwrap();
+    let report = Contention::new(8)
+        .ops(10)
+        .check_workload(w.clone(), tmp.path())
+        .run(|op| {
+            let c = rusqlite::Connection::open(tmp.path())?;
+            c.busy_timeout(Duration::from_secs(10))?;
+            w.apply_immediate(&c, op.id)
+        });
+    report.assert_clean();
+
+    // And `write_blocking` from threads.
+    let tmp = TempDb::new();
+    let db = tmp.db_blocking().unwrap();
+    let setup = w.clone();
+    db.write_blocking(move |c| Ok(setup.setup(c)?)).unwrap();
+    let report = Contention::new(8)
+        .ops(10)
+        .check_workload(w.clone(), tmp.path())
+        .run(|op| w.write_blocking(&db, op.id));
+    report.assert_clean();
+    db.close_blocking().unwrap();
+}
+
+#[test]
+fn insert_ledger_through_every_api() {
+    every_api(InsertLedger);
+}
+
+#[test]
+fn counter_through_every_api() {
+    every_api(Counter);
+}
+
+#[test]
+fn learning_through_every_api() {
+    every_api(Learning::default());
+    every_api(Learning { patterns: 1 });
+}
