@@ -750,6 +750,46 @@ impl Plan {
     }
 }
 
+/// Releases the worker threads together, once every one that started is waiting.
+#[derive(Default)]
+struct StartGate {
+    /// (workers waiting, open)
+    state: std::sync::Mutex<(usize, bool)>,
+    changed: std::sync::Condvar,
+}
+
+impl StartGate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (usize, bool)> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn arrive_and_wait(&self) {
+        let mut state = self.lock();
+        state.0 += 1;
+        self.changed.notify_all();
+        while !state.1 {
+            state = self
+                .changed
+                .wait(state)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+
+    fn open_when_arrived(&self, workers: usize) {
+        let mut state = self.lock();
+        while state.0 < workers {
+            state = self
+                .changed
+                .wait(state)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        state.1 = true;
+        self.changed.notify_all();
+    }
+}
+
 /// A future whose panics are caught and returned.
 struct CatchUnwind<F>(Pin<Box<F>>);
 
@@ -882,7 +922,6 @@ impl<'c> Contention<'c> {
         report.seed = Some(seed);
         report.db_path = self.db_path;
         report.elapsed = elapsed;
-        report.timed_out = report.timed_out || report.attempted < report.planned;
         let from_metrics = luca_core::metrics().snapshot().since(&before).retries();
         report.add_retries(from_metrics + retries.load(Ordering::Relaxed));
         let acked = Acked::from_ids(acked);
@@ -920,11 +959,11 @@ impl<'c> Contention<'c> {
         let (seed, before) = self.start();
         let retries = Arc::new(AtomicU64::new(0));
         let workers = self.workers;
-        let barrier = std::sync::Barrier::new(workers + 1);
+        let gate = StartGate::default();
         let plan = self.plan(seed);
         let (elapsed, logs) = std::thread::scope(|s| {
             let this = &plan;
-            let (barrier, op, retries) = (&barrier, &op, &retries);
+            let (gate, op, retries) = (&gate, &op, &retries);
             let mut handles = Vec::with_capacity(workers);
             let mut failed = Vec::new();
             for worker in 0..workers {
@@ -932,7 +971,7 @@ impl<'c> Contention<'c> {
                     .name(format!("contention-{worker}"))
                     .spawn_scoped(s, move || {
                         let mut log = WorkerLog::new(this.ops);
-                        barrier.wait();
+                        gate.arrive_and_wait();
                         let deadline = Instant::now() + this.time_limit;
                         for index in 0..this.ops {
                             if Instant::now() >= deadline {
@@ -958,14 +997,10 @@ impl<'c> Contention<'c> {
                             &format!("worker thread {worker} could not start: {e}"),
                         );
                         failed.push(log);
-                        // Stand in at the barrier for the thread that is missing.
-                        let _ = std::thread::Builder::new()
-                            .spawn_scoped(s, move || barrier.wait())
-                            .map_err(|_| ());
                     }
                 }
             }
-            barrier.wait();
+            gate.open_when_arrived(handles.len());
             let started = Instant::now();
             let mut logs: Vec<WorkerLog> = handles
                 .into_iter()

@@ -275,7 +275,7 @@ fn the_table_lines_up() {
 
 use std::collections::HashSet;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
 use luca_core::retry::{Jitter, RetryPolicy, retry_sync};
 use luca_testkit::{Acked, Contention, Counter, InsertLedger, Learning, Lost, TempDb, Workload};
@@ -338,23 +338,48 @@ fn the_same_seed_gives_the_same_op_seeds() {
     assert!(r.seed.is_some());
 }
 
+/// Threads of this process whose name starts with `contention-` (Linux: /proc/self/task).
+#[cfg(target_os = "linux")]
+fn contention_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm"))
+                .is_ok_and(|name| name.starts_with("contention-"))
+        })
+        .count()
+}
+
+#[cfg(target_os = "linux")]
 #[test]
-fn workers_are_released_together() {
-    // Every worker's first operation waits (bounded) until all workers are in their first
-    // operation: that only completes when all of them were started before any finished.
-    const N: usize = 16;
-    let arrived = AtomicUsize::new(0);
-    let all_in = std::sync::Barrier::new(N);
-    let report = Contention::new(N)
-        .ops(1)
-        .time_limit(Duration::from_secs(20))
-        .run(|_| {
-            arrived.fetch_add(1, Ordering::SeqCst);
-            all_in.wait();
-            Ok::<(), std::io::Error>(())
-        });
+fn no_operation_starts_before_every_worker_is_waiting() {
+    // The first operation to run counts the worker threads; the others wait (bounded) for
+    // that count, so none can finish and exit before it. With the gate, all 48 exist.
+    const N: usize = 48;
+    let counted = (Mutex::new(None), std::sync::Condvar::new());
+    let first = std::sync::atomic::AtomicBool::new(true);
+    let report = Contention::new(N).ops(1).run(|_| {
+        let (lock, cv) = &counted;
+        if first.swap(false, Ordering::SeqCst) {
+            *lock.lock().unwrap() = Some(contention_threads());
+            cv.notify_all();
+        } else {
+            let (guard, _) = cv
+                .wait_timeout_while(lock.lock().unwrap(), Duration::from_secs(10), |c| {
+                    c.is_none()
+                })
+                .unwrap();
+            drop(guard);
+        }
+        Ok::<(), std::io::Error>(())
+    });
     report.assert_clean();
-    assert_eq!(arrived.load(Ordering::SeqCst), N);
+    let seen = counted.0.into_inner().unwrap().unwrap();
+    assert!(
+        seen >= N,
+        "the first operation ran while only {seen} workers existed"
+    );
 }
 
 #[test]
@@ -699,10 +724,23 @@ fn learning_check_compares_every_pattern() {
         "{}",
         lost.description
     );
+    // A failure count is compared too.
+    c.execute(
+        "UPDATE luca_patterns SET failure = failure + 2 WHERE pattern = 'p3'",
+        [],
+    )
+    .unwrap();
+    let lost = w.check(&c, &acked).unwrap();
+    assert_eq!(lost.count, 3);
+    assert!(
+        lost.description.contains("; p3: success/failure"),
+        "{}",
+        lost.description
+    );
     // A pattern nobody acknowledged is flagged too.
     c.execute("INSERT INTO luca_patterns VALUES ('zz', 1, 0)", [])
         .unwrap();
-    assert_eq!(w.check(&c, &acked).unwrap().count, 2);
+    assert_eq!(w.check(&c, &acked).unwrap().count, 4);
 }
 
 // --- Every workload through every API ------------------------------------------------------
