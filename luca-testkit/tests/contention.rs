@@ -828,3 +828,43 @@ fn learning_through_every_api() {
     every_api(Learning::default());
     every_api(Learning { patterns: 1 });
 }
+
+// --- LUCA_TESTKIT_SEED ---------------------------------------------------------------------
+
+/// Prints the seed a run without `.seed()` chose; run by the test below in a child process
+/// with `LUCA_TESTKIT_SEED` set (alone, it just prints a random seed).
+#[test]
+fn seed_probe() {
+    let r = Contention::new(1)
+        .ops(1)
+        .run(|_| Ok::<(), std::io::Error>(()));
+    println!("seed_probe={}", r.seed.unwrap());
+}
+
+fn probe_seed(env: &str) -> (Option<u64>, String) {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "seed_probe", "--nocapture", "--test-threads=1"])
+        .env("LUCA_TESTKIT_SEED", env)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let seed = stdout
+        .lines()
+        .find_map(|l| l.split_once("seed_probe=").map(|(_, rest)| rest))
+        .and_then(|s| s.split_whitespace().next()?.parse().ok());
+    (seed, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn luca_testkit_seed_sets_the_seed_of_a_run() {
+    assert_eq!(probe_seed("0x2a").0, Some(42));
+    assert_eq!(probe_seed(" 17 ").0, Some(17));
+    assert_eq!(probe_seed("0XFF").0, Some(255));
+    let (seed, stderr) = probe_seed("not-a-number");
+    assert!(seed.is_some());
+    assert!(
+        stderr.contains("is not a number; using a random seed"),
+        "{stderr}"
+    );
+}
