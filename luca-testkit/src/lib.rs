@@ -1,7 +1,10 @@
 #![doc = include_str!("../README.md")]
 
+#[cfg(unix)]
+pub mod crash;
 mod http;
 mod lock;
+pub mod process;
 mod temp;
 
 pub use http::{Gate, HttpStub, HttpStubBuilder, Reply, Route};
