@@ -532,7 +532,7 @@ pub enum Failure {
         status: String,
         /// The acknowledgements it was to be killed after.
         target: u64,
-        /// The last of its stderr.
+        /// What it wrote to stderr: the first 2 KiB and the last 4 KiB.
         stderr_tail: String,
     },
     /// The child did not reach its kill point before the run's bound.
@@ -541,7 +541,7 @@ pub enum Failure {
         seen: u64,
         /// Acknowledgements waited for.
         target: u64,
-        /// The last of its stderr.
+        /// What it wrote to stderr: the first 2 KiB and the last 4 KiB.
         stderr_tail: String,
     },
     /// `PRAGMA integrity_check` did not answer `ok`.
@@ -584,8 +584,7 @@ impl fmt::Display for CrashError {
             self.seed
         )?;
         let tail = |f: &mut fmt::Formatter<'_>, t: &str| -> fmt::Result {
-            let lines: Vec<&str> = t.lines().collect();
-            for line in &lines[lines.len().saturating_sub(20)..] {
+            for line in t.lines() {
                 write!(f, "\n    | {line}")?;
             }
             Ok(())

@@ -17,23 +17,28 @@
 //! - In a `harness = false` test binary, call [`child_main`] first thing in `main`; the
 //!   arguments are there too, and can be ignored.
 //!
-//! A child writes its [`ChildReport`] to a file the parent names (one `key value` line
-//! per field, see [`ChildReport::to_lines`]), never to stdout, so nothing the child or
-//! its test harness prints can be mistaken for it.
+//! A child returns a [`ContentionReport`]; [`child_main`] writes it to a file the parent
+//! names (one `key value` line per field, see [`encode_report`]), never to stdout, so
+//! nothing the child or its test harness prints can be mistaken for it. The parent merges
+//! the children's reports into one (counters and latency samples summed) and can check
+//! the file itself once every child has ended ([`Processes::verify`]).
 //!
 //! ```no_run
-//! use luca_testkit::process::{child_main, ChildReport, Processes};
+//! use std::time::Instant;
+//! use luca_testkit::ContentionReport;
+//! use luca_testkit::process::{child_main, Processes};
 //!
 //! #[test]
 //! fn four_writers_share_one_file() {
 //!     child_main(|child| {
-//!         let conn = luca_core::rusqlite::Connection::open(child.db()).unwrap();
-//!         let mut report = ChildReport::default();
+//!         let db = luca_core::Db::open_blocking(child.db()).unwrap();
+//!         let mut report = ContentionReport::new("insert");
 //!         for i in 0..100 {
 //!             let key = format!("{}-{i}", child.index());
-//!             match conn.execute("INSERT INTO t (k) VALUES (?1)", [key]) {
-//!                 Ok(_) => report.ok += 1,
-//!                 Err(e) => report.escaped(&e),
+//!             let started = Instant::now();
+//!             match db.write_blocking(move |c| Ok(c.execute("INSERT INTO t (k) VALUES (?1)", [&key])?)) {
+//!                 Ok(_) => report.record_ok(started.elapsed()),
+//!                 Err(e) => report.record_error(&e),
 //!             }
 //!         }
 //!         report
@@ -51,13 +56,13 @@
 //!         .run()
 //!         .unwrap_or_else(|e| panic!("{e}"));
 //!     println!("{report}");
+//!     report.total.assert_clean();
 //! }
 //! ```
 //!
 //! Every wait is bounded: children still running at the deadline
 //! ([`Processes::timeout`], 30 s by default) are killed and the run fails, naming them.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -67,6 +72,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use luca_core::rusqlite::{self, Connection, OpenFlags};
+
+use crate::ContentionReport;
 
 /// Selects the child role: set (to the role's name) in every child the harnesses start.
 pub const ROLE_ENV: &str = "LUCA_TESTKIT_CHILD";
@@ -81,7 +88,9 @@ pub(crate) const ACKS_ENV: &str = "LUCA_TESTKIT_CHILD_ACKS";
 /// The default bound on a whole run.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How much of a failed child's stderr an error shows (its last bytes).
+/// How much of a failed child's stderr an error shows: its first bytes (where a panic
+/// message is, before any backtrace) and its last bytes.
+const STDERR_HEAD: usize = 2048;
 const STDERR_TAIL: usize = 4096;
 
 /// What a child process knows about itself, from the environment its parent set.
@@ -146,127 +155,159 @@ impl ChildEnv {
     }
 }
 
-/// One child's figures, sent to the parent as `key value` lines.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ChildReport {
-    /// Operations that succeeded.
-    pub ok: u64,
-    /// Errors that reached the caller, by SQLite extended code (`-1`: not an SQLite error).
-    pub escaped: BTreeMap<i32, u64>,
-    /// Writes the child was told had committed and found missing.
-    pub lost: u64,
-    /// Retries made on the way (as the child counted them).
-    pub retries: u64,
-    /// Latency of each operation, in microseconds: p50, p99, p99.9, max.
-    pub latency_us: [u64; 4],
-    /// Wall time of the child's work, in microseconds.
-    pub elapsed_us: u64,
+/// The first line of an encoded report (with the format's version).
+const REPORT_MAGIC: &str = "luca-testkit-report 1";
+
+/// Escapes a text field onto one line.
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('\n', "\\n")
+        .replace('\r', "\\r")
 }
 
-impl ChildReport {
-    /// Counts one escaped error under its SQLite extended code (`-1` when it has none).
-    pub fn escaped(&mut self, e: &rusqlite::Error) {
-        let code = e.sqlite_error().map_or(-1, |e| e.extended_code);
-        *self.escaped.entry(code).or_default() += 1;
-    }
-
-    /// Every escaped error, whatever its code.
-    pub fn escaped_total(&self) -> u64 {
-        self.escaped.values().sum()
-    }
-
-    /// Sets the latency figures from the operations' latencies (in any order).
-    pub fn latencies(&mut self, samples: &mut [Duration]) {
-        samples.sort_unstable();
-        let at = |q: f64| -> u64 {
-            if samples.is_empty() {
-                return 0;
+fn unesc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            match chars.next() {
+                Some('n') => out.push('\n'),
+                Some('r') => out.push('\r'),
+                Some(other) => out.push(other),
+                None => out.push('\\'),
             }
-            // Nearest rank: the smallest sample with at least q of them at or below it.
-            let rank = ((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
-            u64::try_from(samples[rank - 1].as_micros()).unwrap_or(u64::MAX)
-        };
-        self.latency_us = [at(0.50), at(0.99), at(0.999), at(1.0)];
-    }
-
-    /// The report as the lines a child sends.
-    pub fn to_lines(&self) -> String {
-        let mut s = format!(
-            "ok {}\nlost {}\nretries {}\nelapsed_us {}\nlatency_us {} {} {} {}\n",
-            self.ok,
-            self.lost,
-            self.retries,
-            self.elapsed_us,
-            self.latency_us[0],
-            self.latency_us[1],
-            self.latency_us[2],
-            self.latency_us[3],
-        );
-        for (code, n) in &self.escaped {
-            s.push_str(&format!("escaped {code} {n}\n"));
-        }
-        s.push_str("end\n");
-        s
-    }
-
-    /// Reads [`ChildReport::to_lines`] back. A report without its final `end` line (a
-    /// child that died while writing it) is refused.
-    ///
-    /// # Errors
-    /// A line that is not part of the format, or no `end` line; the message names it.
-    pub fn parse(text: &str) -> Result<ChildReport, String> {
-        let mut r = ChildReport::default();
-        let mut ended = false;
-        for line in text.lines() {
-            let mut words = line.split_ascii_whitespace();
-            let key = words.next().unwrap_or_default();
-            let nums: Result<Vec<i64>, _> = words.map(str::parse::<i64>).collect();
-            let bad = || format!("unreadable report line {line:?}");
-            let nums = nums.map_err(|_| bad())?;
-            let u = |i: usize| -> Result<u64, String> {
-                nums.get(i)
-                    .and_then(|n| u64::try_from(*n).ok())
-                    .ok_or_else(bad)
-            };
-            match (key, nums.len()) {
-                ("ok", 1) => r.ok = u(0)?,
-                ("lost", 1) => r.lost = u(0)?,
-                ("retries", 1) => r.retries = u(0)?,
-                ("elapsed_us", 1) => r.elapsed_us = u(0)?,
-                ("latency_us", 4) => r.latency_us = [u(0)?, u(1)?, u(2)?, u(3)?],
-                ("escaped", 2) => {
-                    let code = i32::try_from(nums[0]).map_err(|_| bad())?;
-                    *r.escaped.entry(code).or_default() += u(1)?;
-                }
-                ("end", 0) => ended = true,
-                _ => return Err(bad()),
-            }
-        }
-        if ended {
-            Ok(r)
         } else {
-            Err("the report has no `end` line: the child stopped while writing it".into())
+            out.push(c);
         }
+    }
+    out
+}
+
+/// A [`ContentionReport`] as the `key value` lines a child sends its parent: one field a
+/// line (texts escaped onto one line, latencies in lines of up to 1000 numbers), between
+/// a `luca-testkit-report 1` line and an `end` line. [`decode_report`] reads it back
+/// exactly.
+pub fn encode_report(r: &ContentionReport) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    // Writing to a String cannot fail.
+    let _ = writeln!(s, "{REPORT_MAGIC}");
+    let _ = writeln!(s, "label {}", esc(&r.label));
+    for (key, n) in [
+        ("runs", r.runs),
+        ("workers", r.workers),
+        ("planned", r.planned),
+        ("attempted", r.attempted),
+        ("ok", r.ok),
+        ("escaped_other", r.escaped_other),
+        ("lost", r.lost),
+        ("retries", r.retries),
+        ("timed_out", u64::from(r.timed_out)),
+    ] {
+        let _ = writeln!(s, "{key} {n}");
+    }
+    let _ = writeln!(s, "elapsed_ns {}", r.elapsed.as_nanos());
+    for (code, n) in &r.escaped_by_code {
+        let _ = writeln!(s, "escaped_by_code {code} {n}");
+    }
+    for e in &r.error_samples {
+        let _ = writeln!(s, "error_sample {}", esc(e));
+    }
+    for e in &r.lost_samples {
+        let _ = writeln!(s, "lost_sample {}", esc(e));
+    }
+    for chunk in r.latencies_ns.chunks(1000) {
+        s.push_str("latencies_ns");
+        for n in chunk {
+            let _ = write!(s, " {n}");
+        }
+        s.push('\n');
+    }
+    if let Some(seed) = r.seed {
+        let _ = writeln!(s, "seed {seed}");
+    }
+    if let Some(p) = &r.db_path {
+        let _ = writeln!(s, "db_path {}", esc(&p.to_string_lossy()));
+    }
+    s.push_str("end\n");
+    s
+}
+
+/// Reads [`encode_report`]'s lines back. A report without its final `end` line (a child
+/// that died while writing it) is refused.
+///
+/// # Errors
+/// A missing first line, a line that is not part of the format, or no `end` line; the
+/// message names it.
+pub fn decode_report(text: &str) -> Result<ContentionReport, String> {
+    let mut lines = text.lines();
+    if lines.next() != Some(REPORT_MAGIC) {
+        return Err(format!(
+            "not a report: the first line is not {REPORT_MAGIC:?}"
+        ));
+    }
+    let mut r = ContentionReport::default();
+    let mut ended = false;
+    for line in lines {
+        if ended {
+            return Err(format!("a line after `end`: {line:?}"));
+        }
+        let (key, rest) = line.split_once(' ').unwrap_or((line, ""));
+        let bad = || format!("unreadable report line {line:?}");
+        let num = |t: &str| t.parse::<u64>().map_err(|_| bad());
+        match key {
+            "label" => r.label = unesc(rest),
+            "runs" => r.runs = num(rest)?,
+            "workers" => r.workers = num(rest)?,
+            "planned" => r.planned = num(rest)?,
+            "attempted" => r.attempted = num(rest)?,
+            "ok" => r.ok = num(rest)?,
+            "escaped_other" => r.escaped_other = num(rest)?,
+            "lost" => r.lost = num(rest)?,
+            "retries" => r.retries = num(rest)?,
+            "timed_out" => r.timed_out = num(rest)? != 0,
+            "elapsed_ns" => r.elapsed = Duration::from_nanos(num(rest)?),
+            "escaped_by_code" => {
+                let (code, n) = rest.split_once(' ').ok_or_else(bad)?;
+                let code = code.parse::<i32>().map_err(|_| bad())?;
+                *r.escaped_by_code.entry(code).or_default() += num(n)?;
+            }
+            "error_sample" => r.error_samples.push(unesc(rest)),
+            "lost_sample" => r.lost_samples.push(unesc(rest)),
+            "latencies_ns" => {
+                for n in rest.split_ascii_whitespace() {
+                    r.latencies_ns.push(num(n)?);
+                }
+            }
+            "seed" => r.seed = Some(num(rest)?),
+            "db_path" => r.db_path = Some(PathBuf::from(unesc(rest))),
+            "end" if rest.is_empty() => ended = true,
+            _ => return Err(bad()),
+        }
+    }
+    if ended {
+        Ok(r)
+    } else {
+        Err("the report has no `end` line: the child stopped while writing it".into())
     }
 }
 
 /// Runs the child's side and ends the process, when this process is a child; returns at
 /// once in the parent.
 ///
-/// In a child of [`Processes`], `work` runs and its [`ChildReport`] is written to the
+/// In a child of [`Processes`], `work` runs and its [`ContentionReport`] is written to the
 /// file the parent named; the process then exits with status 0. A panic in `work` ends
 /// the child with a failure status (and its message on stderr), which the parent reports.
 pub fn child_main<F>(work: F)
 where
-    F: FnOnce(&ChildEnv) -> ChildReport,
+    F: FnOnce(&ChildEnv) -> ContentionReport,
 {
     let Some(env) = ChildEnv::current() else {
         return;
     };
     let report = work(&env);
     let code = match &env.report {
-        Some(path) => match std::fs::write(path, report.to_lines()) {
+        Some(path) => match std::fs::write(path, encode_report(&report)) {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("luca-testkit child: cannot write the report to {path:?}: {e}");
@@ -312,8 +353,43 @@ pub(crate) struct Spawn<'a> {
 /// A running child: its process and the collectors of its output.
 pub(crate) struct Running {
     pub(crate) child: Child,
-    stderr: Arc<Mutex<Vec<u8>>>,
+    stderr: Arc<Mutex<Captured>>,
     readers: Vec<JoinHandle<()>>,
+}
+
+/// The start and the end of a stream, and how long it was.
+#[derive(Default)]
+struct Captured {
+    head: Vec<u8>,
+    tail: Vec<u8>,
+    total: usize,
+}
+
+impl Captured {
+    fn push(&mut self, mut bytes: &[u8]) {
+        self.total += bytes.len();
+        let room = STDERR_HEAD - self.head.len();
+        let (h, rest) = bytes.split_at(room.min(bytes.len()));
+        self.head.extend_from_slice(h);
+        bytes = rest;
+        self.tail.extend_from_slice(bytes);
+        if self.tail.len() > 2 * STDERR_TAIL {
+            let cut = self.tail.len() - STDERR_TAIL;
+            self.tail.drain(..cut);
+        }
+    }
+
+    fn text(&self) -> String {
+        let from = self.tail.len().saturating_sub(STDERR_TAIL);
+        let tail = &self.tail[from..];
+        let skipped = self.total - self.head.len() - tail.len();
+        let mut s = String::from_utf8_lossy(&self.head).into_owned();
+        if skipped > 0 {
+            s.push_str(&format!("\n[... {skipped} bytes ...]\n"));
+        }
+        s.push_str(&String::from_utf8_lossy(tail));
+        s
+    }
 }
 
 impl Spawn<'_> {
@@ -342,7 +418,7 @@ impl Spawn<'_> {
             cmd.env(ACKS_ENV, p);
         }
         let mut child = cmd.spawn()?;
-        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Captured::default()));
         let mut readers = Vec::new();
         if let Some(out) = child.stdout.take() {
             // Drained so a chatty child never blocks on a full pipe; not kept.
@@ -360,22 +436,17 @@ impl Spawn<'_> {
     }
 }
 
-/// Reads a pipe to its end, keeping the last [`STDERR_TAIL`] bytes in `keep`.
-fn drain(mut from: impl Read, keep: Option<&Mutex<Vec<u8>>>) {
+/// Reads a pipe to its end, keeping its start and end in `keep`.
+fn drain(mut from: impl Read, keep: Option<&Mutex<Captured>>) {
     let mut buf = [0u8; 4096];
     loop {
         match from.read(&mut buf) {
             Ok(0) | Err(_) => return,
             Ok(n) => {
                 if let Some(keep) = keep {
-                    let mut k = keep
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    k.extend_from_slice(&buf[..n]);
-                    if k.len() > 2 * STDERR_TAIL {
-                        let cut = k.len() - STDERR_TAIL;
-                        k.drain(..cut);
-                    }
+                    keep.lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push(&buf[..n]);
                 }
             }
         }
@@ -405,17 +476,15 @@ impl Running {
         self.child.wait()
     }
 
-    /// The last bytes the child wrote to stderr, once its pipes have closed.
+    /// The first and last bytes the child wrote to stderr, once its pipes have closed.
     pub(crate) fn stderr_tail(&mut self) -> String {
         for r in self.readers.drain(..) {
             let _ = r.join();
         }
-        let k = self
-            .stderr
+        self.stderr
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let from = k.len().saturating_sub(STDERR_TAIL);
-        String::from_utf8_lossy(&k[from..]).into_owned()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .text()
     }
 }
 
@@ -429,15 +498,24 @@ pub(crate) fn open_for_check(db: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-/// A seed from `LUCA_TESTKIT_SEED` when set, else a fresh random one.
+/// A seed from `LUCA_TESTKIT_SEED` (decimal, or hexadecimal after `0x`) when set, else a
+/// fresh random one.
 pub(crate) fn seed_from_env() -> u64 {
     std::env::var("LUCA_TESTKIT_SEED")
         .ok()
-        .and_then(|s| s.trim().parse().ok())
+        .and_then(|s| parse_seed(&s))
         .unwrap_or_else(|| fastrand::u64(..))
 }
 
-type Verify<'a> = Box<dyn FnOnce(&Connection, &[ChildReport]) -> rusqlite::Result<u64> + 'a>;
+fn parse_seed(s: &str) -> Option<u64> {
+    let s = s.trim();
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => s.parse().ok(),
+    }
+}
+
+type Verify<'a> = Box<dyn FnOnce(&Connection, &[ContentionReport]) -> rusqlite::Result<u64> + 'a>;
 
 /// Starts K child processes of this binary on one database file and collects their
 /// reports. See the [module documentation](self).
@@ -528,7 +606,7 @@ impl<'a> Processes<'a> {
     /// missing from the file (more than 0 fails the run).
     pub fn verify<F>(mut self, check: F) -> Self
     where
-        F: FnOnce(&Connection, &[ChildReport]) -> rusqlite::Result<u64> + 'a,
+        F: FnOnce(&Connection, &[ContentionReport]) -> rusqlite::Result<u64> + 'a,
     {
         self.verify = Some(Box::new(check));
         self
@@ -586,7 +664,7 @@ impl<'a> Processes<'a> {
                 Ok(Some(s)) if !s.success() => Some(format!("ended with {s}")),
                 Ok(Some(_)) => match std::fs::read_to_string(&files[i])
                     .map_err(|e| format!("sent no report: {e}"))
-                    .and_then(|t| ChildReport::parse(&t))
+                    .and_then(|t| decode_report(&t))
                 {
                     Ok(report) => {
                         let lost = report.lost;
@@ -629,8 +707,8 @@ impl<'a> Processes<'a> {
                 }
                 Err(e) => {
                     return Err(ProcessError {
-                        role: self.role.clone(),
-                        db: self.db.clone(),
+                        role: self.role,
+                        db: self.db,
                         seed: self.seed,
                         failures: vec![ChildFailure {
                             index: usize::MAX,
@@ -642,12 +720,18 @@ impl<'a> Processes<'a> {
                 }
             }
         }
+        let mut total = ContentionReport::new(format!("{} x {}", self.count, self.role));
+        total.runs = 0;
+        total.seed = Some(self.seed);
+        total.db_path = Some(self.db.clone());
+        for c in &children {
+            total.merge(c);
+        }
+        total.elapsed = started.elapsed();
         Ok(ProcessesReport {
-            role: self.role,
-            seed: self.seed,
+            total,
             children,
             lost_in_file,
-            elapsed: started.elapsed(),
         })
     }
 
@@ -674,116 +758,36 @@ pub(crate) fn mix(seed: u64, index: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The reports of one [`Processes::run`], and their totals.
+/// The reports of one [`Processes::run`] that held: every child ended well, none lost a
+/// write, and the parent's check (if any) found nothing missing.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ProcessesReport {
-    /// The children's role.
-    pub role: String,
-    /// The run's seed.
-    pub seed: u64,
+    /// The children's reports merged (counters and latency samples summed), labelled
+    /// `"<K> x <role>"`, with the run's seed, the database, and the whole run's wall time
+    /// (children's start-up included) as `elapsed`.
+    pub total: ContentionReport,
     /// Each child's report, by index.
-    pub children: Vec<ChildReport>,
+    pub children: Vec<ContentionReport>,
     /// What the parent's check found missing (`None`: no check was given).
     pub lost_in_file: Option<u64>,
-    /// Wall time of the whole run.
-    pub elapsed: Duration,
-}
-
-impl ProcessesReport {
-    /// Operations that succeeded, over all children.
-    pub fn ok(&self) -> u64 {
-        self.children.iter().map(|c| c.ok).sum()
-    }
-
-    /// Escaped errors by code, over all children.
-    pub fn escaped(&self) -> BTreeMap<i32, u64> {
-        let mut all = BTreeMap::new();
-        for c in &self.children {
-            for (code, n) in &c.escaped {
-                *all.entry(*code).or_default() += n;
-            }
-        }
-        all
-    }
-
-    /// Lost writes: the children's own plus the parent's check.
-    pub fn lost(&self) -> u64 {
-        self.children.iter().map(|c| c.lost).sum::<u64>() + self.lost_in_file.unwrap_or(0)
-    }
-
-    /// Retries, over all children.
-    pub fn retries(&self) -> u64 {
-        self.children.iter().map(|c| c.retries).sum()
-    }
-
-    /// The worst child's latency figures (p50, p99, p99.9, max, in microseconds).
-    pub fn worst_latency_us(&self) -> [u64; 4] {
-        let mut w = [0; 4];
-        for c in &self.children {
-            for (w, v) in w.iter_mut().zip(c.latency_us) {
-                *w = (*w).max(v);
-            }
-        }
-        w
-    }
-
-    /// Operations per second over the whole run (children's start-up included).
-    pub fn throughput(&self) -> f64 {
-        self.ok() as f64 / self.elapsed.as_secs_f64().max(1e-9)
-    }
-
-    /// Panics, printing the report, when any error escaped.
-    pub fn assert_no_escaped(&self) {
-        assert!(
-            self.escaped().is_empty(),
-            "errors escaped to the callers:\n{self}"
-        );
-    }
-
-    /// Panics, printing the report, when any write was lost.
-    pub fn assert_no_lost(&self) {
-        assert_eq!(self.lost(), 0, "writes were lost:\n{self}");
-    }
 }
 
 impl fmt::Display for ProcessesReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let escaped: Vec<String> = self
-            .escaped()
-            .iter()
-            .map(|(c, n)| format!("{c}:{n}"))
-            .collect();
-        let [p50, p99, p999, max] = self.worst_latency_us();
-        writeln!(
-            f,
-            "{} processes ({}), seed {}: ok {}, escaped {} [{}], lost {}, retries {}, {:.0} ops/s over {:.2?}",
-            self.children.len(),
-            self.role,
-            self.seed,
-            self.ok(),
-            self.escaped().values().sum::<u64>(),
-            escaped.join(" "),
-            self.lost(),
-            self.retries(),
-            self.throughput(),
-            self.elapsed,
-        )?;
-        writeln!(
-            f,
-            "  worst child latency: p50 {p50} us, p99 {p99} us, p99.9 {p999} us, max {max} us"
-        )?;
-        for (i, c) in self.children.iter().enumerate() {
+        write!(f, "{}", self.total)?;
+        if let Some(n) = self.lost_in_file {
             writeln!(
                 f,
-                "  child {i}: ok {}, escaped {}, lost {}, retries {}, p99 {} us, {:.2?}",
-                c.ok,
-                c.escaped_total(),
-                c.lost,
-                c.retries,
-                c.latency_us[1],
-                Duration::from_micros(c.elapsed_us),
+                "parent's check of the file: {n} acknowledged writes missing"
             )?;
+        }
+        writeln!(f, "per process:")?;
+        writeln!(f, "{}", ContentionReport::table_header())?;
+        for (i, c) in self.children.iter().enumerate() {
+            let mut c = c.clone();
+            c.label = format!("child {i}: {}", c.label);
+            writeln!(f, "{}", c.table_row())?;
         }
         Ok(())
     }
@@ -797,7 +801,7 @@ pub struct ChildFailure {
     pub index: usize,
     /// What went wrong: its exit status, the bound it passed, an unreadable report.
     pub why: String,
-    /// The last bytes it wrote to stderr.
+    /// What it wrote to stderr: the first 2 KiB and the last 4 KiB.
     pub stderr_tail: String,
 }
 
@@ -837,16 +841,8 @@ impl fmt::Display for ProcessError {
                 write!(f, "\n  child {}: {}", c.index, c.why)?;
             }
             if !c.stderr_tail.trim().is_empty() {
-                write!(f, "\n    stderr (last lines):")?;
-                for line in c
-                    .stderr_tail
-                    .lines()
-                    .rev()
-                    .take(20)
-                    .collect::<Vec<_>>()
-                    .iter()
-                    .rev()
-                {
+                write!(f, "\n    stderr:")?;
+                for line in c.stderr_tail.lines() {
                     write!(f, "\n    | {line}")?;
                 }
             }
@@ -863,27 +859,60 @@ mod tests {
 
     #[test]
     fn reports_round_trip_and_truncated_ones_are_refused() {
-        let mut r = ChildReport {
-            ok: 7,
-            lost: 1,
-            retries: 3,
-            elapsed_us: 99,
-            ..ChildReport::default()
-        };
-        r.escaped.insert(5, 2);
-        r.escaped.insert(-1, 1);
-        r.latencies(&mut [Duration::from_micros(30), Duration::from_micros(10)]);
-        assert_eq!(r.latency_us, [10, 30, 30, 30]);
-        let text = r.to_lines();
-        assert_eq!(ChildReport::parse(&text), Ok(r));
+        let mut r = ContentionReport::new("rmw\nwith a \\ line");
+        r.workers = 8;
+        r.planned = 10;
+        r.attempted = 9;
+        r.timed_out = true;
+        r.record_ok(Duration::from_micros(30));
+        r.record_ok(Duration::from_micros(10));
+        r.record_escaped(Some(5), "database is locked");
+        r.record_escaped(None, "a panic\r\nover lines");
+        r.record_lost(3, "k1, k2, k3");
+        r.add_retries(4);
+        r.latencies_ns.extend(0..2500);
+        r.elapsed = Duration::from_millis(1234);
+        r.seed = Some(u64::MAX);
+        r.db_path = Some(PathBuf::from("/tmp/a b/test.db"));
+        let text = encode_report(&r);
+        assert_eq!(decode_report(&text), Ok(r.clone()));
+        let empty = ContentionReport::default();
+        assert_eq!(decode_report(&encode_report(&empty)), Ok(empty));
         let cut = &text[..text.len() - "end\n".len()];
+        assert!(decode_report(cut).unwrap_err().contains("no `end` line"));
         assert!(
-            ChildReport::parse(cut)
+            decode_report("ok 1\nend\n")
                 .unwrap_err()
-                .contains("no `end` line")
+                .contains("not a report")
         );
-        assert!(ChildReport::parse("ok x\nend\n").is_err());
-        assert!(ChildReport::parse("ok 1 2\nend\n").is_err());
+        let bad = format!("{REPORT_MAGIC}\nok x\nend\n");
+        assert!(decode_report(&bad).unwrap_err().contains("ok x"));
+        let after = format!("{text}ok 1\n");
+        assert!(decode_report(&after).is_err());
+    }
+
+    #[test]
+    fn stderr_keeps_its_start_and_end() {
+        let mut c = Captured::default();
+        c.push(b"panicked: why\n");
+        assert_eq!(c.text(), "panicked: why\n");
+        for _ in 0..1000 {
+            c.push(&[b'x'; 100]);
+        }
+        c.push(b"\nlast line");
+        let t = c.text();
+        assert!(t.starts_with("panicked: why\n"), "{t}");
+        assert!(t.ends_with("x\nlast line"), "{t}");
+        let skipped = 100_000 + 10 + 14 - STDERR_HEAD - STDERR_TAIL;
+        assert!(t.contains(&format!("[... {skipped} bytes ...]")), "{t}");
+    }
+
+    #[test]
+    fn seeds_read_as_decimal_or_hex() {
+        assert_eq!(parse_seed(" 42 "), Some(42));
+        assert_eq!(parse_seed("0x2a"), Some(42));
+        assert_eq!(parse_seed("0XFFFFFFFFFFFFFFFF"), Some(u64::MAX));
+        assert_eq!(parse_seed("x"), None);
     }
 
     #[test]

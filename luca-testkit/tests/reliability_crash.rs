@@ -23,6 +23,15 @@ const CHILD_BOUND: Duration = Duration::from_secs(25);
 /// The child writer: eight tasks inserting uniquely keyed rows through one `Db`, each
 /// write acknowledged on the side channel after it committed.
 fn writer(child: &ChildEnv, acks: &Acks) -> luca_core::Result<()> {
+    if child.role() == "quits" {
+        // The harness's own failure path: a child that stops before it is killed.
+        acks.ack("only-one")
+            .map_err(|e| luca_core::Error::Panicked {
+                message: e.to_string(),
+            })?;
+        eprintln!("quitting after one write");
+        return Ok(());
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -104,4 +113,25 @@ fn sigkill_cycles_of_a_group_commit_writer_lose_no_acknowledged_write() {
         report.acked_total()
     );
     assert!(rows as u64 >= report.acked_total());
+}
+
+#[test]
+fn a_child_that_stops_before_the_kill_fails_the_cycle() {
+    crash::child_main(writer);
+    let tmp = TempDb::new();
+    let err = Crash::new(tmp.path())
+        .role("quits")
+        .cycles(3)
+        .kill_after_acks(5..=5)
+        .run(|_, _| Ok(Vec::new()))
+        .expect_err("a child that ends by itself was never killed mid-stream");
+    let msg = err.to_string();
+    println!("{msg}");
+    assert_eq!(err.cycle, 0, "{msg}");
+    assert!(
+        matches!(err.failure, crash::Failure::EndedByItself { target: 5, .. }),
+        "{msg}"
+    );
+    assert!(msg.contains("ended by itself (exit status: 0)"), "{msg}");
+    assert!(msg.contains("quitting after one write"), "{msg}");
 }
