@@ -151,7 +151,8 @@ pub fn read_acks(path: &Path) -> io::Result<Vec<String>> {
 }
 
 /// Runs the child's side and ends the process, when this process is a crash child;
-/// returns at once in the parent.
+/// returns at once in any other process (the parent, or a child of
+/// [`Processes`](crate::process::Processes)).
 ///
 /// `work` gets the child's environment (its [`index`](ChildEnv::index) is the cycle) and
 /// its [`Acks`]; it should write until it is killed (bounded all the same: stop after a
@@ -162,7 +163,7 @@ where
     F: FnOnce(&ChildEnv, &Acks) -> Result<(), E>,
     E: fmt::Display,
 {
-    let Some(env) = ChildEnv::current() else {
+    let Some(env) = ChildEnv::current().filter(|env| env.acks.is_some()) else {
         return;
     };
     let acks = match Acks::from_env() {
@@ -655,6 +656,33 @@ mod tests {
         assert!(acks.ack("").is_err());
         (&*acks.file).write_all(b"a-3").unwrap();
         assert_eq!(read_acks(&path).unwrap(), ["a-1", "a-2"]);
+    }
+
+    #[test]
+    fn integrity_check_reports_a_damaged_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE t (k TEXT PRIMARY KEY, v TEXT);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)
+             INSERT INTO t SELECT 'key' || i, hex(randomblob(40)) FROM n;",
+        )
+        .unwrap();
+        assert_eq!(integrity_check(&conn).unwrap(), ["ok"]);
+        drop(conn);
+        // Scribble over the middle of the file (pages of the table and its index).
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mid = bytes.len() / 2;
+        for b in &mut bytes[mid..mid + 3000] {
+            *b = 0x5a;
+        }
+        std::fs::write(&path, bytes).unwrap();
+        let conn = Connection::open(&path).unwrap();
+        match integrity_check(&conn) {
+            Ok(rows) => assert_ne!(rows, ["ok"]),
+            Err(e) => assert!(e.to_string().contains("malformed"), "{e}"),
+        }
     }
 
     #[test]

@@ -292,8 +292,10 @@ pub fn decode_report(text: &str) -> Result<ContentionReport, String> {
     }
 }
 
-/// Runs the child's side and ends the process, when this process is a child; returns at
-/// once in the parent.
+/// Runs the child's side and ends the process, when this process is a child of
+/// [`Processes`]; returns at once in any other process (the parent, or a child of the
+/// [crash harness](crate::crash), so a binary can call both entry points one after the
+/// other).
 ///
 /// In a child of [`Processes`], `work` runs and its [`ContentionReport`] is written to the
 /// file the parent named; the process then exits with status 0. A panic in `work` ends
@@ -302,20 +304,19 @@ pub fn child_main<F>(work: F)
 where
     F: FnOnce(&ChildEnv) -> ContentionReport,
 {
-    let Some(env) = ChildEnv::current() else {
+    // A crash child (which has an acknowledgement file, not a report file) is left to
+    // `crash::child_main`, so one binary can call both.
+    let Some((env, path)) = ChildEnv::current().and_then(|env| {
+        let path = env.report.clone()?;
+        Some((env, path))
+    }) else {
         return;
     };
     let report = work(&env);
-    let code = match &env.report {
-        Some(path) => match std::fs::write(path, encode_report(&report)) {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("luca-testkit child: cannot write the report to {path:?}: {e}");
-                2
-            }
-        },
-        None => {
-            eprintln!("luca-testkit child: no report file named ({REPORT_ENV} is unset)");
+    let code = match std::fs::write(&path, encode_report(&report)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("luca-testkit child: cannot write the report to {path:?}: {e}");
             2
         }
     };
