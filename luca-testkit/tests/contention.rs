@@ -270,3 +270,523 @@ fn the_table_lines_up() {
     );
     assert!(!text.contains("escaped by code"), "{text}");
 }
+
+// --- Contention ----------------------------------------------------------------------------
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use luca_core::retry::{Jitter, RetryPolicy, retry_sync};
+use luca_testkit::{Acked, Contention, Counter, InsertLedger, Learning, Lost, TempDb, Workload};
+
+#[test]
+fn threads_run_every_operation_once_with_unique_ids() {
+    let seen = Mutex::new(Vec::new());
+    let report = Contention::new(8)
+        .ops(25)
+        .seed(42)
+        .label("ids")
+        .id_base(1000)
+        .db_path("/nowhere/x.db")
+        .run(|op| {
+            seen.lock()
+                .unwrap()
+                .push((op.worker, op.index, op.id, op.seed));
+            Ok::<(), std::io::Error>(())
+        });
+    report.assert_clean();
+    assert_eq!(
+        (report.workers, report.planned, report.attempted, report.ok),
+        (8, 200, 200, 200)
+    );
+    assert_eq!(report.runs, 1);
+    assert_eq!(report.label, "ids");
+    assert_eq!(report.seed, Some(42));
+    assert_eq!(report.db_path, Some(PathBuf::from("/nowhere/x.db")));
+    assert_eq!(report.latencies_ns.len(), 200);
+    assert!(!report.timed_out);
+    let seen = seen.into_inner().unwrap();
+    let ids: HashSet<u64> = seen.iter().map(|s| s.2).collect();
+    assert_eq!(ids, (1000..1200).collect::<HashSet<u64>>());
+    for (worker, index, id, _) in &seen {
+        assert_eq!(*id, 1000 + (*worker as u64) * 25 + *index as u64);
+    }
+    let seeds: HashSet<u64> = seen.iter().map(|s| s.3).collect();
+    assert_eq!(seeds.len(), 200, "every op has its own seed");
+}
+
+#[test]
+fn the_same_seed_gives_the_same_op_seeds() {
+    let run = |seed: u64| {
+        let seeds = Mutex::new(Vec::new());
+        let r = Contention::new(3).ops(4).seed(seed).run(|op| {
+            seeds.lock().unwrap().push((op.id, op.seed));
+            Ok::<(), std::io::Error>(())
+        });
+        assert_eq!(r.seed, Some(seed));
+        let mut s = seeds.into_inner().unwrap();
+        s.sort_unstable();
+        s
+    };
+    assert_eq!(run(7), run(7));
+    assert_ne!(run(7), run(8));
+    // Without a seed (and without LUCA_TESTKIT_SEED) one is chosen and reported.
+    let r = Contention::new(1)
+        .ops(1)
+        .run(|_| Ok::<(), std::io::Error>(()));
+    assert!(r.seed.is_some());
+}
+
+#[test]
+fn workers_are_released_together() {
+    // Every worker's first operation waits (bounded) until all workers are in their first
+    // operation: that only completes when all of them were started before any finished.
+    const N: usize = 16;
+    let arrived = AtomicUsize::new(0);
+    let all_in = std::sync::Barrier::new(N);
+    let report = Contention::new(N)
+        .ops(1)
+        .time_limit(Duration::from_secs(20))
+        .run(|_| {
+            arrived.fetch_add(1, Ordering::SeqCst);
+            all_in.wait();
+            Ok::<(), std::io::Error>(())
+        });
+    report.assert_clean();
+    assert_eq!(arrived.load(Ordering::SeqCst), N);
+}
+
+#[test]
+fn errors_and_panics_are_escaped_by_code() {
+    let report = Contention::new(4)
+        .ops(10)
+        .label("failing")
+        .run(|op| match op.id % 5 {
+            0 => Err(luca_core::Error::from(busy(517))),
+            1 => Err(luca_core::Error::from(busy(5))),
+            2 => panic!("op {} broke", op.id),
+            _ => Ok(()),
+        });
+    assert_eq!(report.attempted, 40);
+    assert_eq!(report.ok, 16);
+    assert_eq!(report.escaped_with(517), 8);
+    assert_eq!(report.escaped_with(5), 8);
+    assert_eq!(report.escaped_other, 8);
+    assert!(
+        report
+            .error_samples
+            .iter()
+            .any(|s| s.contains("panicked: op ") && s.contains(" broke")),
+        "{report}"
+    );
+    let msg = panic_text(|| report.assert_no_escaped()).unwrap();
+    assert!(msg.contains("24 operation(s) escaped"), "{msg}");
+    assert!(msg.contains("517 SQLITE_BUSY_SNAPSHOT × 8"), "{msg}");
+    report.assert_no_lost();
+}
+
+#[test]
+fn the_time_limit_stops_a_run() {
+    let report = Contention::new(2)
+        .ops(10_000)
+        .time_limit(Duration::from_millis(200))
+        .run(|_| {
+            std::thread::sleep(Duration::from_millis(5));
+            Ok::<(), std::io::Error>(())
+        });
+    assert!(report.timed_out);
+    assert!(report.attempted < 200, "{report}");
+    assert!(report.attempted >= 2);
+    assert_eq!(report.ok, report.attempted);
+    let msg = panic_text(|| report.assert_all_ran()).unwrap();
+    assert!(msg.contains("of 20000 operations ran"), "{msg}");
+}
+
+#[test]
+fn retries_are_counted_from_luca_metrics_and_the_ops() {
+    let policy = RetryPolicy::new()
+        .with_delay(Duration::from_millis(1))
+        .with_jitter(Jitter::None);
+    let report = Contention::new(2).ops(5).run(|op| {
+        let mut attempts = 0;
+        retry_sync(&policy, || {
+            attempts += 1;
+            if attempts < 3 { Err(busy(5)) } else { Ok(()) }
+        })?;
+        op.add_retries(10);
+        Ok::<(), rusqlite::Error>(())
+    });
+    report.assert_clean();
+    // 2 retries per op through luca, 10 counted by each op; other tests may add to the
+    // process-wide counters meanwhile, never subtract.
+    assert!(report.retries >= 10 * 12, "{}", report.retries);
+}
+
+#[test]
+fn a_failing_check_counts_as_lost() {
+    let report = Contention::new(1)
+        .ops(3)
+        .check(|_| Err::<Lost, _>(std::io::Error::other("cannot open the file")))
+        .run(|_| Ok::<(), std::io::Error>(()));
+    assert_eq!(report.lost, 1);
+    assert!(report.lost_samples[0].contains("check failed: cannot open the file"));
+    let report = Contention::new(1)
+        .ops(3)
+        .check(|_| -> Result<Lost, std::io::Error> { panic!("check bug") })
+        .run(|_| Ok::<(), std::io::Error>(()));
+    assert_eq!(report.lost, 1);
+    assert!(report.lost_samples[0].contains("check panicked: check bug"));
+}
+
+#[test]
+fn the_check_sees_exactly_the_acknowledged_ids() {
+    let got = Mutex::new(None);
+    let (report, acked) = Contention::new(3)
+        .ops(4)
+        .check(|acked| {
+            *got.lock().unwrap() = Some(acked.clone());
+            Ok::<_, std::io::Error>(Lost::none())
+        })
+        .run_with_acked(|op| {
+            if op.id % 2 == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::other("odd"))
+            }
+        });
+    let expected = Acked::from_ids((0..12).filter(|i| i % 2 == 0));
+    assert_eq!(acked, expected);
+    assert_eq!(got.into_inner().unwrap(), Some(expected));
+    assert_eq!(report.ok, 6);
+    assert_eq!(report.lost, 0);
+}
+
+#[test]
+fn acked_is_a_sorted_set() {
+    let mut a = Acked::from_ids([5, 1, 3, 3]);
+    assert_eq!(a.ids(), &[1, 3, 5]);
+    a.merge(&Acked::from_ids([2, 5, 9]));
+    assert_eq!(a.iter().collect::<Vec<_>>(), vec![1, 2, 3, 5, 9]);
+    assert!(a.contains(9) && !a.contains(4));
+    assert_eq!(a.len(), 5);
+    assert!(!a.is_empty() && Acked::default().is_empty());
+}
+
+#[test]
+fn a_lost_write_is_caught_by_the_workload_check() {
+    // Operation 7 is acknowledged but never written: the ledger check finds it.
+    let tmp = TempDb::new();
+    InsertLedger.setup_path(tmp.path()).unwrap();
+    let path = tmp.path().to_path_buf();
+    let report = Contention::new(4)
+        .ops(5)
+        .check_workload(InsertLedger, tmp.path())
+        .run(|op| {
+            if op.id == 7 {
+                return Ok(());
+            }
+            luca_core::local::with_connection(
+                &path,
+                |c| Ok(InsertLedger.apply_immediate(c, op.id)?),
+            )
+        });
+    luca_core::local::cleanup_connections();
+    assert_eq!(report.label, "insert");
+    assert_eq!(report.db_path.as_deref(), Some(tmp.path()));
+    assert_eq!(report.ok, 20);
+    assert_eq!(report.lost, 1, "{report}");
+    assert!(report.lost_samples[0].contains("ids 7"), "{report}");
+    let msg = panic_text(|| report.assert_no_lost()).unwrap();
+    assert!(msg.contains(&tmp.path().display().to_string()), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_run_against_a_db() {
+    let tmp = TempDb::new();
+    let db = tmp.db().await.unwrap();
+    Counter.setup_db(&db).await.unwrap();
+    let handle = db.clone();
+    let report = Contention::new(32)
+        .ops(10)
+        .check_workload(Counter, tmp.path())
+        .run_async(move |op| {
+            let db = handle.clone();
+            async move { Counter.write(&db, op.id).await }
+        })
+        .await;
+    println!("{report}");
+    report.assert_clean();
+    assert_eq!(report.ok, 320);
+    let n = db.read(|c| Ok(Counter::value(c)?)).await.unwrap();
+    assert_eq!(n, 320);
+    db.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn tasks_that_hang_are_stopped_at_the_time_limit() {
+    let report = Contention::new(3)
+        .ops(5)
+        .time_limit(Duration::from_millis(200))
+        .run_async(|op| async move {
+            if op.index == 1 {
+                std::future::pending::<()>().await;
+            }
+            if op.worker == 2 {
+                panic!("task op {} broke", op.id);
+            }
+            Ok::<(), std::io::Error>(())
+        })
+        .await;
+    assert!(report.timed_out);
+    // Workers 0 and 1: op 0 ok, op 1 hangs; worker 2: op 0 panics, op 1 hangs.
+    assert_eq!(report.ok, 2, "{report}");
+    assert_eq!(report.attempted, 6, "{report}");
+    assert_eq!(report.escaped_other, 4, "{report}");
+    assert!(
+        report
+            .error_samples
+            .iter()
+            .any(|s| s.contains("did not finish before the time limit"))
+    );
+    assert!(
+        report
+            .error_samples
+            .iter()
+            .any(|s| s.contains("panicked: task op 10 broke"))
+    );
+}
+
+#[test]
+fn run_async_outside_a_runtime_says_so() {
+    let report = futures_executor::block_on(
+        Contention::new(2)
+            .ops(3)
+            .run_async(|_| async { Ok::<(), std::io::Error>(()) }),
+    );
+    assert_eq!(report.ok, 0);
+    assert_eq!(report.escaped_other, 1);
+    assert!(
+        report.error_samples[0].contains("needs a tokio runtime"),
+        "{report}"
+    );
+    assert!(report.timed_out || report.attempted < report.planned);
+}
+
+// --- Workload checks, deterministically ---------------------------------------------------
+
+fn conn(tmp: &TempDb) -> rusqlite::Connection {
+    luca_core::pragmas::open(
+        tmp.path(),
+        &luca_core::pragmas::Pragmas::new().with_busy_timeout(Duration::from_secs(5)),
+    )
+    .unwrap()
+}
+
+#[test]
+fn counter_check_catches_a_lost_update() {
+    let tmp = TempDb::new();
+    let (a, b) = (conn(&tmp), conn(&tmp));
+    Counter.setup(&a).unwrap();
+    Counter.setup(&a).unwrap(); // idempotent
+    // The racy pattern, interleaved by hand: a reads 0, b increments, a writes 1.
+    let read_by_a = Counter::value(&a).unwrap();
+    Counter.apply_racy(&b, 0).unwrap();
+    a.execute(
+        "UPDATE luca_counter SET n = ?1 WHERE id = 1",
+        [read_by_a + 1],
+    )
+    .unwrap();
+    let lost = Counter.check(&a, &Acked::from_ids([0, 1])).unwrap();
+    assert_eq!(lost.count, 1);
+    assert_eq!(
+        lost.description,
+        "counter is 1, 2 increment(s) were acknowledged"
+    );
+    // Applied twice is counted too.
+    let extra = Counter.check(&a, &Acked::default()).unwrap();
+    assert_eq!(extra.count, 1);
+    assert_eq!(
+        Counter.check(&a, &Acked::from_ids([9])).unwrap(),
+        Lost::none()
+    );
+    // The correct pattern, interleaved as far as SQLite lets it: b's IMMEDIATE waits.
+    Counter.apply_immediate(&a, 1).unwrap();
+    Counter.apply_immediate(&b, 2).unwrap();
+    assert_eq!(Counter::value(&a).unwrap(), 3);
+}
+
+#[test]
+fn deferred_read_modify_write_fails_at_once_under_a_writer() {
+    let tmp = TempDb::new();
+    let a = conn(&tmp);
+    Counter.setup(&a).unwrap();
+    // a's DEFERRED transaction reads while another connection holds the write lock.
+    let lock = luca_testkit::WriteLock::hold(tmp.path()).unwrap();
+    let err = Counter.apply_deferred(&a, 0).unwrap_err();
+    assert_eq!(err.sqlite_error().map(|e| e.extended_code), Some(5));
+    assert!(a.is_autocommit(), "rolled back");
+    drop(lock);
+    Counter.apply_deferred(&a, 0).unwrap();
+    assert_eq!(Counter::value(&a).unwrap(), 1);
+}
+
+#[test]
+fn ledger_check_names_missing_ids() {
+    let tmp = TempDb::new();
+    let c = conn(&tmp);
+    InsertLedger.setup(&c).unwrap();
+    for id in 0..20 {
+        InsertLedger.apply_immediate(&c, id).unwrap();
+    }
+    assert_eq!(
+        InsertLedger.check(&c, &Acked::from_ids(0..20)).unwrap(),
+        Lost::none()
+    );
+    c.execute("DELETE FROM luca_ledger WHERE id IN (3, 11)", [])
+        .unwrap();
+    let lost = InsertLedger.check(&c, &Acked::from_ids(0..20)).unwrap();
+    assert_eq!(lost.count, 2);
+    assert!(
+        lost.description.contains("ids 3, 11"),
+        "{}",
+        lost.description
+    );
+    // Unacknowledged rows in the file are not lost writes.
+    assert_eq!(
+        InsertLedger
+            .check(&c, &Acked::from_ids([0, 1]))
+            .unwrap()
+            .count,
+        0
+    );
+    // A duplicate id is a constraint error, not a silent success.
+    let err = InsertLedger.apply_immediate(&c, 5).unwrap_err();
+    assert_eq!(err.sqlite_error().map(|e| e.extended_code), Some(1555));
+    assert!(c.is_autocommit());
+}
+
+#[test]
+fn learning_check_compares_every_pattern() {
+    let tmp = TempDb::new();
+    let c = conn(&tmp);
+    let w = Learning { patterns: 4 };
+    assert_eq!(w.outcome(0), ("p0".to_owned(), false));
+    assert_eq!(w.outcome(5), ("p1".to_owned(), true));
+    w.setup(&c).unwrap();
+    for id in 0..40 {
+        w.apply_immediate(&c, id).unwrap();
+    }
+    let acked = Acked::from_ids(0..40);
+    assert_eq!(w.check(&c, &acked).unwrap(), Lost::none());
+    let (s, f): (i64, i64) = c
+        .query_row(
+            "SELECT sum(success), sum(failure) FROM luca_patterns",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((s, f), (26, 14));
+    c.execute(
+        "UPDATE luca_patterns SET success = success - 1 WHERE pattern = 'p2'",
+        [],
+    )
+    .unwrap();
+    let lost = w.check(&c, &acked).unwrap();
+    assert_eq!(lost.count, 1);
+    assert!(
+        lost.description.starts_with("p2: success/failure"),
+        "{}",
+        lost.description
+    );
+    // A pattern nobody acknowledged is flagged too.
+    c.execute("INSERT INTO luca_patterns VALUES ('zz', 1, 0)", [])
+        .unwrap();
+    assert_eq!(w.check(&c, &acked).unwrap().count, 2);
+}
+
+// --- Every workload through every API ------------------------------------------------------
+
+#[luca_core::db_retry(max_retries = 8, delay_ms = 5)]
+fn apply_local<W: Workload>(w: &W, path: &std::path::Path, id: u64) -> luca_core::Result<()> {
+    luca_core::local::with_connection(path, |c| Ok(w.apply_immediate(c, id)?))
+}
+
+fn every_api<W: Workload>(w: W) {
+    // A `Db`, tokio tasks.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let tmp = TempDb::new();
+    rt.block_on(async {
+        let db = tmp.db().await.unwrap();
+        w.setup_db(&db).await.unwrap();
+        let (handle, w2) = (db.clone(), w.clone());
+        let report = Contention::new(16)
+            .ops(10)
+            .check_workload(w.clone(), tmp.path())
+            .run_async(move |op| {
+                let (db, w) = (handle.clone(), w2.clone());
+                async move { w.write(&db, op.id).await }
+            })
+            .await;
+        report.assert_clean();
+        // The Db's own reader sees the same.
+        let acked = Acked::from_ids(0..160);
+        assert_eq!(w.check_db(&db, &acked).await.unwrap(), Lost::none());
+        db.close().await.unwrap();
+    });
+
+    // `#[db_retry]` over thread-local connections, threads.
+    let tmp = TempDb::new();
+    w.setup_path(tmp.path()).unwrap();
+    let path = tmp.path().to_path_buf();
+    let report = Contention::new(16)
+        .ops(10)
+        .check_workload(w.clone(), tmp.path())
+        .run(|op| apply_local(&w, &path, op.id));
+    report.assert_clean();
+
+    // Plain rusqlite, a connection per operation, BEGIN IMMEDIATE.
+    let tmp = TempDb::new();
+    w.setup_path(tmp.path()).unwrap();
+    let report = Contention::new(8)
+        .ops(10)
+        .check_workload(w.clone(), tmp.path())
+        .run(|op| {
+            let c = rusqlite::Connection::open(tmp.path())?;
+            c.busy_timeout(Duration::from_secs(10))?;
+            w.apply_immediate(&c, op.id)
+        });
+    report.assert_clean();
+
+    // And `write_blocking` from threads.
+    let tmp = TempDb::new();
+    let db = tmp.db_blocking().unwrap();
+    let setup = w.clone();
+    db.write_blocking(move |c| Ok(setup.setup(c)?)).unwrap();
+    let report = Contention::new(8)
+        .ops(10)
+        .check_workload(w.clone(), tmp.path())
+        .run(|op| w.write_blocking(&db, op.id));
+    report.assert_clean();
+    db.close_blocking().unwrap();
+}
+
+#[test]
+fn insert_ledger_through_every_api() {
+    every_api(InsertLedger);
+}
+
+#[test]
+fn counter_through_every_api() {
+    every_api(Counter);
+}
+
+#[test]
+fn learning_through_every_api() {
+    every_api(Learning::default());
+    every_api(Learning { patterns: 1 });
+}
