@@ -170,7 +170,7 @@ async fn wal_with_four_overlapping_readers() {
                 let (acked, stop) = (acked.clone(), stop.clone());
                 db.read(move |c| {
                     c.execute_batch("BEGIN")?;
-                    let _: i64 = c.query_row("SELECT max(id) FROM t", [], |r| r.get(0))?;
+                    let _: Option<i64> = c.query_row("SELECT max(id) FROM t", [], |r| r.get(0))?;
                     let from = acked.load(Relaxed);
                     while acked.load(Relaxed) < from + HOLD
                         && !stop.load(Relaxed)
