@@ -88,7 +88,7 @@ fn sigkill_cycles_of_a_group_commit_writer_lose_no_acknowledged_write() {
 
     let report = Crash::new(tmp.path())
         .cycles(CYCLES)
-        .kill_after_acks(50..=2000)
+        .kill_after_acks(20..=1000)
         .timeout(Duration::from_secs(30))
         .run(|conn, acked| crash::missing_keys(conn, "ledger", "k", acked))
         .unwrap_or_else(|e| panic!("{e}"));
