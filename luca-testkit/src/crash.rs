@@ -322,9 +322,9 @@ impl Crash {
             let result = self.cycle(cycle, target, &file, deadline, &mut acked, &mut check);
             match result {
                 Ok(c) => cycles.push(c),
-                Err(e) => {
+                Err(mut e) => {
                     // The ack files show what was acknowledged; keep them with the error.
-                    let _ = dir.keep();
+                    e.acks_dir = Some(dir.keep());
                     return Err(e);
                 }
             }
@@ -424,6 +424,7 @@ impl Crash {
             seed: self.seed,
             cycle,
             db: self.db.clone(),
+            acks_dir: None,
             failure,
         }
     }
@@ -570,6 +571,8 @@ pub struct CrashError {
     pub cycle: usize,
     /// The database (kept by a [`TempDb`](crate::TempDb) when the test panics).
     pub db: PathBuf,
+    /// Where the cycles' acknowledgement files were kept (one `cycle-<n>.acks` each).
+    pub acks_dir: Option<PathBuf>,
     /// What went wrong.
     pub failure: Failure,
 }
@@ -631,7 +634,11 @@ impl fmt::Display for CrashError {
             }
             Failure::Check(e) => write!(f, "the check could not run: {e}"),
             Failure::Io(e) => write!(f, "{e}"),
+        }?;
+        if let Some(dir) = &self.acks_dir {
+            write!(f, "\n  acknowledgement files kept in {}", dir.display())?;
         }
+        Ok(())
     }
 }
 

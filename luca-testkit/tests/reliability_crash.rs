@@ -134,4 +134,10 @@ fn a_child_that_stops_before_the_kill_fails_the_cycle() {
     );
     assert!(msg.contains("ended by itself (exit status: 0)"), "{msg}");
     assert!(msg.contains("quitting after one write"), "{msg}");
+    // The acknowledgement files are kept for inspection; this test removes them.
+    let dir = err.acks_dir.clone().expect("kept with the error");
+    assert!(msg.contains(&dir.display().to_string()), "{msg}");
+    let acked = crash::read_acks(&dir.join("cycle-0.acks")).unwrap();
+    assert_eq!(acked, ["only-one"]);
+    std::fs::remove_dir_all(dir).unwrap();
 }
