@@ -664,7 +664,13 @@ impl<'a> Processes<'a> {
                 Ok(None) => Some(format!("still running after {:?}: killed", self.timeout)),
                 Ok(Some(s)) if !s.success() => Some(format!("ended with {s}")),
                 Ok(Some(_)) => match std::fs::read_to_string(&files[i])
-                    .map_err(|e| format!("sent no report: {e}"))
+                    .map_err(|e| {
+                        format!(
+                            "sent no report ({e}); did it run `child_main` first thing in the \
+                             test {:?} (see `Processes::test_name`)?",
+                            self.test.as_deref().unwrap_or("main")
+                        )
+                    })
                     .and_then(|t| decode_report(&t))
                 {
                     Ok(report) => {

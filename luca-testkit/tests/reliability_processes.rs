@@ -250,3 +250,19 @@ fn a_child_past_the_bound_is_killed_and_named() {
     );
     assert!(msg.contains("child 2 stops answering"), "{msg}");
 }
+
+#[test]
+fn children_of_a_test_name_that_does_not_exist_are_reported() {
+    child_main(child);
+    let tmp = TempDb::new();
+    let err = Processes::new(2)
+        .db(tmp.path())
+        .test_name(Some("no_such_test"))
+        .run()
+        .expect_err("a child that runs no test sends no report");
+    let msg = err.to_string();
+    println!("{msg}");
+    assert_eq!(err.failures.len(), 2, "{msg}");
+    assert!(msg.contains("sent no report"), "{msg}");
+    assert!(msg.contains("\"no_such_test\""), "{msg}");
+}
