@@ -1,8 +1,11 @@
 #![doc = include_str!("../README.md")]
 
 mod contention;
+#[cfg(unix)]
+pub mod crash;
 mod http;
 mod lock;
+pub mod process;
 mod temp;
 mod workloads;
 
