@@ -5,6 +5,8 @@ pub mod db;
 mod error;
 pub mod local;
 pub mod metrics;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod pragmas;
 pub mod retry;
 mod shared;

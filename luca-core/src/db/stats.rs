@@ -111,7 +111,7 @@ pub(crate) struct StatsInner {
     pub(crate) writes_failed: AtomicU64,
     pub(crate) rows_changed: AtomicU64,
     pub(crate) reads: AtomicU64,
-    pub(crate) busy_by_code: [AtomicU64; 7],
+    pub(crate) busy_by_code: [AtomicU64; BusyCode::COUNT],
     pub(crate) retries: AtomicU64,
     pub(crate) queue_depth: AtomicUsize,
     pub(crate) max_queue_depth: AtomicUsize,
@@ -213,7 +213,7 @@ pub struct DbStats {
     pub reads: u64,
     /// Busy/locked errors the writer met (from other processes), by code; index with
     /// [`BusyCode::index`].
-    pub busy_by_code: [u64; 7],
+    pub busy_by_code: [u64; BusyCode::COUNT],
     /// Transactions the writer retried after a busy error.
     pub retries: u64,
     /// Writes queued right now.
