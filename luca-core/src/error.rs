@@ -174,6 +174,17 @@ pub enum Error {
         #[source]
         source: tokio_postgres::Error,
     },
+
+    /// A [`PgDb`](crate::postgres::PgDb) closure ended its transaction itself (it ran
+    /// `COMMIT` or `ROLLBACK`): what it ran before that may be committed, and what it ran
+    /// after ran outside the transaction. It was not retried. Return from the closure
+    /// instead: `PgDb` commits when it returns `Ok` and rolls back when it returns `Err`.
+    #[cfg(feature = "postgres")]
+    #[error("a PgDb closure ended its own transaction (COMMIT or ROLLBACK): {reason}")]
+    PgTransactionEnded {
+        /// What happened after.
+        reason: &'static str,
+    },
 }
 
 /// `Result` with [`luca_core::Error`](Error) as its default error type.
@@ -196,7 +207,10 @@ impl Error {
             | Error::TransactionLeftOpen { .. }
             | Error::InvalidSetting { .. } => None,
             #[cfg(feature = "postgres")]
-            Error::Postgres(_) | Error::PgPool(_) | Error::CommitOutcomeUnknown { .. } => None,
+            Error::Postgres(_)
+            | Error::PgPool(_)
+            | Error::CommitOutcomeUnknown { .. }
+            | Error::PgTransactionEnded { .. } => None,
         }
     }
 

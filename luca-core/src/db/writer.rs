@@ -807,12 +807,13 @@ fn clone_error(e: &Error) -> Error {
         // a `Db` never makes): keep its text under SQLITE_ERROR, never a code that would
         // be retried.
         #[cfg(feature = "postgres")]
-        Error::Postgres(_) | Error::PgPool(_) | Error::CommitOutcomeUnknown { .. } => {
-            Error::Sqlite(rusqlite::Error::SqliteFailure(
-                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
-                Some(e.to_string()),
-            ))
-        }
+        Error::Postgres(_)
+        | Error::PgPool(_)
+        | Error::CommitOutcomeUnknown { .. }
+        | Error::PgTransactionEnded { .. } => Error::Sqlite(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+            Some(e.to_string()),
+        )),
         Error::Sqlite(_) | Error::Open { .. } => Error::Sqlite(rusqlite::Error::SqliteFailure(
             rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
             Some(e.to_string()),

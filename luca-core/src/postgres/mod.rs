@@ -7,8 +7,15 @@
 //! `source()` chain, exactly as they retry SQLite's busy codes. Everything else is
 //! returned at once, unchanged.
 //!
+//! [`PgDb`] gives PostgreSQL users what [`Db`](crate::Db) gives SQLite users: a pool
+//! whose `write` runs an async closure in a SERIALIZABLE transaction and runs it again,
+//! whole, after a serialization failure or deadlock.
+//!
 //! The driver crates are re-exported so that an application uses the versions luca was
 //! built with: [`tokio_postgres`] and [`deadpool_postgres`].
 
+mod db;
+
+pub use db::{PgDb, PgDbBuilder, PgDbStats};
 pub use deadpool_postgres;
 pub use tokio_postgres;
