@@ -57,7 +57,8 @@ fn failed(reason: impl Into<String>) -> PgStartError {
 }
 
 /// A real PostgreSQL server started from the installed binaries (`initdb`, `postgres`),
-/// private to the test: its data directory and Unix socket live in a fresh temporary
+/// private to the test (its cluster is a copy of one `initdb` makes once per installation,
+/// kept in the temp directory as `luca-pg-template-<hash>`): its data directory and Unix socket live in a fresh temporary
 /// directory, it listens on no TCP port, accepts every local connection (`trust`), and
 /// runs with `fsync` off (a throwaway server needs no durability).
 ///
@@ -164,27 +165,18 @@ impl TempPostgres {
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
             .unwrap_or_default();
 
-        let init = command("initdb")
-            .arg("-D")
+        let template = template(bin, run_as, &version)?;
+        let copy = Command::new("cp")
+            .arg("-a")
+            .arg(template.join("data"))
             .arg(&data)
-            .args([
-                "-U",
-                "postgres",
-                "-A",
-                "trust",
-                "-E",
-                "UTF8",
-                "--no-locale",
-                "--no-sync",
-            ])
             .output()
-            .map_err(|e| failed(format!("cannot run initdb: {e}")))?;
-        if !init.status.success() {
+            .map_err(|e| failed(format!("cannot run cp: {e}")))?;
+        if !copy.status.success() {
             return Err(failed(format!(
-                "initdb failed ({}): {}{}",
-                init.status,
-                String::from_utf8_lossy(&init.stdout),
-                String::from_utf8_lossy(&init.stderr)
+                "cannot copy the cluster template {}: {}",
+                template.display(),
+                String::from_utf8_lossy(&copy.stderr)
             )));
         }
 
@@ -219,7 +211,11 @@ impl TempPostgres {
             cat >/dev/null
             kill -INT "$1" 2>/dev/null
             i=0
-            while kill -0 "$1" 2>/dev/null && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+            # Until the server is gone: a clean shutdown removes postmaster.pid (its exited
+            # process may stay a zombie until its parent reaps it).
+            while kill -0 "$1" 2>/dev/null && [ -e "$2/data/postmaster.pid" ] && [ "$i" -lt 200 ]; do
+                sleep 0.05; i=$((i+1))
+            done
             kill -KILL "$1" 2>/dev/null
             rm -rf -- "$2"
         "#;
@@ -395,6 +391,83 @@ impl Drop for TempPostgres {
         let _ = self.server.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A cluster made by `initdb` once per installation and user, kept in the system's temp
+/// directory (`luca-pg-template-<hash>`) and copied for each server: `initdb` takes
+/// seconds on a loaded machine, a copy a fraction of one. Made in a directory of its own
+/// and renamed into place, so a concurrent test binary sees either no template or a whole
+/// one.
+fn template(
+    bin: &Path,
+    run_as: Option<(u32, u32)>,
+    version: &str,
+) -> Result<PathBuf, PgStartError> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (
+        bin,
+        version,
+        run_as,
+        "-U postgres -A trust -E UTF8 --no-locale --wal-segsize=1",
+    )
+        .hash(&mut h);
+    let path = std::env::temp_dir().join(format!("luca-pg-template-{:016x}", h.finish()));
+    if path.join("data").join("PG_VERSION").is_file() {
+        return Ok(path);
+    }
+    let staging = tempfile::Builder::new()
+        .prefix("luca-pg-template-staging-")
+        .tempdir()
+        .map_err(|e| failed(format!("cannot create a temporary directory: {e}")))?;
+    if let Some((uid, gid)) = run_as {
+        std::os::unix::fs::chown(staging.path(), Some(uid), Some(gid))
+            .map_err(|e| failed(format!("cannot chown {}: {e}", staging.path().display())))?;
+    }
+    let mut init = Command::new(bin.join("initdb"));
+    init.current_dir(staging.path())
+        .stdin(Stdio::null())
+        .env("LC_ALL", "C")
+        .arg("-D")
+        .arg(staging.path().join("data"))
+        .args([
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--no-locale",
+            "--no-sync",
+            // 1 MB WAL segments instead of 16: less to copy for each server.
+            "--wal-segsize=1",
+        ]);
+    if let Some((uid, gid)) = run_as {
+        init.uid(uid).gid(gid).env("HOME", staging.path());
+    }
+    let out = init
+        .output()
+        .map_err(|e| failed(format!("cannot run initdb: {e}")))?;
+    if !out.status.success() {
+        return Err(failed(format!(
+            "initdb failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    let staged = staging.keep();
+    if std::fs::rename(&staged, &path).is_err() {
+        // Another process put its template there first: use that one.
+        let _ = std::fs::remove_dir_all(&staged);
+        if !path.join("data").join("PG_VERSION").is_file() {
+            return Err(failed(format!(
+                "cannot put the cluster template at {}",
+                path.display()
+            )));
+        }
+    }
+    Ok(path)
 }
 
 /// The directory of `initdb`, `pg_ctl` and `postgres`: `initdb` on `PATH` (symlinks
