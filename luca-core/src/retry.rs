@@ -636,7 +636,10 @@ pub type RetryHook = fn(&RetryEvent);
 #[doc(hidden)]
 #[derive(Debug)]
 pub struct Schedule<'p> {
-    policy: &'p RetryPolicy,
+    /// A copy: a schedule that borrows nothing can live in a future next to an async
+    /// closure's (higher-ranked) future and still be proven `Send`.
+    policy: RetryPolicy,
+    _policy: std::marker::PhantomData<&'p RetryPolicy>,
     function: &'static str,
     location: &'static Location<'static>,
     hook: Option<RetryHook>,
@@ -644,6 +647,30 @@ pub struct Schedule<'p> {
     previous: Duration,
     slept: Duration,
     started: Option<Instant>,
+}
+
+impl Schedule<'static> {
+    /// A schedule for one call that owns its policy (for futures that must borrow
+    /// nothing across an await).
+    #[inline]
+    pub const fn owned(
+        policy: RetryPolicy,
+        function: &'static str,
+        location: &'static Location<'static>,
+        hook: Option<RetryHook>,
+    ) -> Self {
+        Schedule {
+            policy,
+            _policy: std::marker::PhantomData,
+            function,
+            location,
+            hook,
+            retries: 0,
+            previous: policy.delay,
+            slept: Duration::ZERO,
+            started: None,
+        }
+    }
 }
 
 impl<'p> Schedule<'p> {
@@ -656,7 +683,8 @@ impl<'p> Schedule<'p> {
         hook: Option<RetryHook>,
     ) -> Self {
         Schedule {
-            policy,
+            policy: *policy,
+            _policy: std::marker::PhantomData,
             function,
             location,
             hook,

@@ -137,6 +137,11 @@ impl PgDbBuilder {
 ///
 /// Cloning is cheap: clones share the pool and the statistics.
 ///
+/// A `write` or `read` future is `Send` (it can be `tokio::spawn`ed) when its closure is
+/// an `async move` closure that owns what it captures (clone an `Arc` into it): rustc
+/// cannot yet prove `Send` for the future of an async closure that borrows from its
+/// surroundings. Awaited in place, any closure works.
+///
 /// ```no_run
 /// # async fn demo(url: &str) -> luca_core::Result<()> {
 /// use luca_core::postgres::PgDb;
@@ -218,7 +223,13 @@ impl PgDb {
     where
         F: AsyncFnMut(&Transaction<'_>) -> Result<T>,
     {
-        self.run(Kind::Write, "PgDb::write", Location::caller(), f)
+        run(
+            Arc::clone(&self.inner),
+            Kind::Write,
+            "PgDb::write",
+            Location::caller(),
+            f,
+        )
     }
 
     /// Runs `f` in a `READ ONLY`, REPEATABLE READ transaction (one consistent snapshot);
@@ -228,126 +239,13 @@ impl PgDb {
     where
         F: AsyncFnMut(&Transaction<'_>) -> Result<T>,
     {
-        self.run(Kind::Read, "PgDb::read", Location::caller(), f)
-    }
-
-    async fn run<T, F>(
-        &self,
-        kind: Kind,
-        function: &'static str,
-        location: &'static Location<'static>,
-        mut f: F,
-    ) -> Result<T>
-    where
-        F: AsyncFnMut(&Transaction<'_>) -> Result<T>,
-    {
-        let stats = &self.inner.stats;
-        let mut schedule = Schedule::new(&self.inner.policy, function, location, None);
-        schedule.start(crate::__private::now_async);
-        loop {
-            let result = self.attempt(kind, &mut f).await;
-            let err = match result {
-                Ok(v) => {
-                    schedule.finish(true);
-                    match kind {
-                        Kind::Read => stats.reads.fetch_add(1, Relaxed),
-                        Kind::Write => stats.writes_ok.fetch_add(1, Relaxed),
-                    };
-                    return Ok(v);
-                }
-                Err(e) => e,
-            };
-            let code = err.busy_code();
-            if let Some(code) = code.filter(|&c| self.inner.policy.retries(c)) {
-                stats.busy(code);
-            }
-            if let Some(delay) = schedule.on_error(code, crate::__private::now_async) {
-                stats.retries.fetch_add(1, Relaxed);
-                drop(err);
-                crate::retry::sleep(delay).await;
-                continue;
-            }
-            schedule.finish(false);
-            match &err {
-                Error::CommitOutcomeUnknown { .. } => stats.commit_unknown.fetch_add(1, Relaxed),
-                Error::PgTransactionEnded { .. } => stats.ended.fetch_add(1, Relaxed),
-                Error::Panicked { .. } => stats.panics.fetch_add(1, Relaxed),
-                _ => 0,
-            };
-            if let Kind::Write = kind {
-                stats.writes_failed.fetch_add(1, Relaxed);
-            }
-            return Err(err);
-        }
-    }
-
-    /// One transaction: take a connection, begin, run the closure, commit.
-    async fn attempt<T, F>(&self, kind: Kind, f: &mut F) -> Result<T>
-    where
-        F: AsyncFnMut(&Transaction<'_>) -> Result<T>,
-    {
-        let mut client = self.inner.pool.get().await.map_err(Error::PgPool)?;
-        let builder = client.build_transaction();
-        let tx = match kind {
-            Kind::Write => builder.isolation_level(self.inner.write_isolation),
-            Kind::Read => builder
-                .isolation_level(IsolationLevel::RepeatableRead)
-                .read_only(true),
-        }
-        .start()
-        .await?;
-        tx.batch_execute(MARK).await?;
-
-        // The closure's future is boxed so that a panic in any of its polls can be caught
-        // (a pinned box needs no pin projection).
-        let mut fut: Pin<Box<_>> = Box::pin(f(&tx));
-        let outcome = std::future::poll_fn(|cx| {
-            match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
-                Ok(Poll::Ready(r)) => Poll::Ready(Ok(r)),
-                Ok(Poll::Pending) => Poll::Pending,
-                Err(payload) => Poll::Ready(Err(payload)),
-            }
-        })
-        .await;
-        drop(fut);
-
-        match outcome {
-            Err(payload) => {
-                // A failed ROLLBACK leaves nothing to undo: the connection is gone, and
-                // the server rolls back what it had.
-                let _ = tx.rollback().await;
-                Err(Error::Panicked {
-                    message: panic_message(&*payload),
-                })
-            }
-            Ok(Err(e)) => {
-                // Retrying is only safe while the failed statement ran inside this
-                // transaction: a closure that ran COMMIT before it would have part of its
-                // work applied already.
-                if e.busy_code().is_some() && !still_ours(&tx).await {
-                    return Err(Error::PgTransactionEnded {
-                        reason: "it ran a statement that failed with a retryable error after \
-                                 ending its transaction; it was not retried",
-                    });
-                }
-                let _ = tx.rollback().await;
-                Err(e)
-            }
-            Ok(Ok(value)) => {
-                if !still_ours(&tx).await {
-                    return Err(Error::PgTransactionEnded {
-                        reason: "it returned `Ok` after ending its transaction",
-                    });
-                }
-                match tx.commit().await {
-                    Ok(()) => Ok(value),
-                    // The server answered: the transaction did not commit (a `40001` here
-                    // is retried like any other).
-                    Err(e) if e.as_db_error().is_some() => Err(Error::Postgres(e)),
-                    Err(e) => Err(Error::CommitOutcomeUnknown { source: e }),
-                }
-            }
-        }
+        run(
+            Arc::clone(&self.inner),
+            Kind::Read,
+            "PgDb::read",
+            Location::caller(),
+            f,
+        )
     }
 
     /// Counters of this pool's transactions.
@@ -365,6 +263,134 @@ impl PgDb {
             panics: s.panics.load(Relaxed),
             connections: status.size,
             idle_connections: status.available,
+        }
+    }
+}
+
+// `run` owns its `Arc<Inner>` and its schedule owns its policy: a reference held across
+// the closure's await, next to the closure's (higher-ranked) future, keeps rustc from
+// proving the future `Send`, and it could not be spawned.
+async fn run<T, F>(
+    inner: Arc<Inner>,
+    kind: Kind,
+    function: &'static str,
+    location: &'static Location<'static>,
+    mut f: F,
+) -> Result<T>
+where
+    F: AsyncFnMut(&Transaction<'_>) -> Result<T>,
+{
+    let policy = inner.policy;
+    let mut schedule = Schedule::owned(policy, function, location, None);
+    schedule.start(crate::__private::now_async);
+    loop {
+        let result = attempt(&inner.pool, inner.write_isolation, kind, &mut f).await;
+        let err = match result {
+            Ok(v) => {
+                schedule.finish(true);
+                match kind {
+                    Kind::Read => inner.stats.reads.fetch_add(1, Relaxed),
+                    Kind::Write => inner.stats.writes_ok.fetch_add(1, Relaxed),
+                };
+                return Ok(v);
+            }
+            Err(e) => e,
+        };
+        let code = err.busy_code();
+        if let Some(code) = code.filter(|&c| policy.retries(c)) {
+            inner.stats.busy(code);
+        }
+        if let Some(delay) = schedule.on_error(code, crate::__private::now_async) {
+            inner.stats.retries.fetch_add(1, Relaxed);
+            drop(err);
+            crate::retry::sleep(delay).await;
+            continue;
+        }
+        schedule.finish(false);
+        let stats = &inner.stats;
+        match &err {
+            Error::CommitOutcomeUnknown { .. } => stats.commit_unknown.fetch_add(1, Relaxed),
+            Error::PgTransactionEnded { .. } => stats.ended.fetch_add(1, Relaxed),
+            Error::Panicked { .. } => stats.panics.fetch_add(1, Relaxed),
+            _ => 0,
+        };
+        if let Kind::Write = kind {
+            stats.writes_failed.fetch_add(1, Relaxed);
+        }
+        return Err(err);
+    }
+}
+
+/// One transaction: take a connection, begin, run the closure, commit.
+async fn attempt<T, F>(
+    pool: &Pool,
+    write_isolation: IsolationLevel,
+    kind: Kind,
+    f: &mut F,
+) -> Result<T>
+where
+    F: AsyncFnMut(&Transaction<'_>) -> Result<T>,
+{
+    let mut client = pool.get().await.map_err(Error::PgPool)?;
+    let builder = client.build_transaction();
+    let tx = match kind {
+        Kind::Write => builder.isolation_level(write_isolation),
+        Kind::Read => builder
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true),
+    }
+    .start()
+    .await?;
+    tx.batch_execute(MARK).await?;
+
+    // The closure's future is boxed so that a panic in any of its polls can be caught
+    // (a pinned box needs no pin projection).
+    let mut fut: Pin<Box<_>> = Box::pin(f(&tx));
+    let outcome = std::future::poll_fn(|cx| {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+            Ok(Poll::Ready(r)) => Poll::Ready(Ok(r)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(payload) => Poll::Ready(Err(payload)),
+        }
+    })
+    .await;
+    drop(fut);
+
+    match outcome {
+        Err(payload) => {
+            // A failed ROLLBACK leaves nothing to undo: the connection is gone, and the
+            // server rolls back what it had.
+            let _ = tx.rollback().await;
+            Err(Error::Panicked {
+                message: panic_message(&*payload),
+            })
+        }
+        Ok(Err(e)) => {
+            // Retrying is only safe while the failed statement ran inside this
+            // transaction: a closure that ran COMMIT before it would have part of its
+            // work applied already.
+            if e.busy_code().is_some() && !still_ours(&tx).await {
+                return Err(Error::PgTransactionEnded {
+                    reason: "it ran a statement that failed with a retryable error after \
+                             ending its transaction; it was not retried",
+                });
+            }
+            let _ = tx.rollback().await;
+            Err(e)
+        }
+        Ok(Ok(value)) => {
+            if !still_ours(&tx).await {
+                return Err(Error::PgTransactionEnded {
+                    reason: "it returned `Ok` after ending its transaction",
+                });
+            }
+            match tx.commit().await {
+                Ok(()) => Ok(value),
+                // The server answered: the transaction did not commit (a `40001` here is
+                // retried like any other).
+                Err(e) if e.as_db_error().is_some() => Err(Error::Postgres(e)),
+                Err(e) => Err(Error::CommitOutcomeUnknown { source: e }),
+            }
         }
     }
 }
