@@ -60,7 +60,8 @@ fn failed(reason: impl Into<String>) -> PgStartError {
 /// private to the test (its cluster is a copy of one `initdb` makes once per installation,
 /// kept in the temp directory as `luca-pg-template-<hash>`): its data directory and Unix socket live in a fresh temporary
 /// directory, it listens on no TCP port, accepts every local connection (`trust`), and
-/// runs with `fsync` off (a throwaway server needs no durability).
+/// runs with `fsync` off (a throwaway server needs no durability) and a `deadlock_timeout`
+/// of 50 ms (tests provoke deadlocks; the default waits 1 s before looking for one).
 ///
 /// When the process runs as root (PostgreSQL refuses to), the server runs as the
 /// unprivileged user `nobody` (or `postgres`), and the directory is handed to that user.
@@ -198,6 +199,8 @@ impl TempPostgres {
             .args(["-c", "synchronous_commit=off"])
             .args(["-c", "full_page_writes=off"])
             .args(["-c", "log_min_messages=warning"])
+            // Deadlocks are found after 50 ms instead of 1 s: tests provoke them.
+            .args(["-c", "deadlock_timeout=50ms"])
             .stdout(log)
             .stderr(log_err)
             .spawn()
