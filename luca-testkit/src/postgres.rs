@@ -17,6 +17,8 @@ const PORT: u16 = 5432;
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Connections the server accepts: enough for 64 concurrent writers and their observers.
 const MAX_CONNECTIONS: u32 = 200;
+/// Names the directory of the PostgreSQL binaries to use instead of searching for them.
+const BIN_ENV: &str = "LUCA_PG_BIN";
 /// The command that installs the server on Debian and Ubuntu.
 pub(crate) const INSTALL_HINT: &str = "apt-get install -y postgresql";
 
@@ -102,7 +104,8 @@ impl fmt::Debug for TempPostgres {
 
 impl TempPostgres {
     /// Creates a cluster with `initdb` and starts a server on it; returns once it accepts
-    /// connections.
+    /// connections. The binaries are those in `$LUCA_PG_BIN` when it is set, else
+    /// `initdb` on `PATH`, else the newest `/usr/lib/postgresql/*/bin`.
     pub fn start() -> Result<TempPostgres, PgStartError> {
         let bin = find_bin_dir().ok_or(PgStartError::NotInstalled)?;
         let root = tempfile::Builder::new()
@@ -473,11 +476,15 @@ fn template(
     Ok(path)
 }
 
-/// The directory of `initdb`, `pg_ctl` and `postgres`: `initdb` on `PATH` (symlinks
-/// resolved, so the server binary of the same installation is found beside it), else the
-/// newest `/usr/lib/postgresql/*/bin`.
+/// The directory of `initdb` and `postgres`: `$LUCA_PG_BIN` when set (and nothing else
+/// then), else `initdb` on `PATH` (symlinks resolved, so the server binary of the same
+/// installation is found beside it), else the newest `/usr/lib/postgresql/*/bin`.
 fn find_bin_dir() -> Option<PathBuf> {
     let has_server = |dir: &Path| dir.join("initdb").is_file() && dir.join("postgres").is_file();
+    if let Some(dir) = std::env::var_os(BIN_ENV) {
+        let dir = PathBuf::from(dir);
+        return has_server(&dir).then_some(dir);
+    }
     if let Some(path) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&path) {
             let initdb = dir.join("initdb");

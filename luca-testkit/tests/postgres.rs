@@ -168,3 +168,58 @@ fn start_errors_say_what_is_missing() {
     assert!(e.contains("apt-get install -y postgresql"), "{e}");
     assert!(e.contains("/usr/lib/postgresql/*/bin"), "{e}");
 }
+
+/// Re-run by `without_postgres_one_loud_line_outside_ci_and_a_failure_under_ci`, with
+/// `LUCA_PG_BIN` naming a directory without PostgreSQL.
+#[test]
+fn child_needs_postgres() {
+    if std::env::var_os("LUCA_PG_SKIP_CHILD").is_none() {
+        return; // only meaningful in the child process
+    }
+    for what in ["first probe", "second probe"] {
+        assert!(TempPostgres::shared_or_skip(what).is_none());
+    }
+}
+
+#[test]
+fn without_postgres_one_loud_line_outside_ci_and_a_failure_under_ci() {
+    let child = |ci: bool| {
+        let mut c = Command::new(std::env::current_exe().unwrap());
+        // No `--nocapture`: the line must get past libtest's capture by itself.
+        c.args(["--exact", "child_needs_postgres"])
+            .env("LUCA_PG_SKIP_CHILD", "1")
+            .env("LUCA_PG_BIN", "/nonexistent/luca-no-postgres-here");
+        if ci {
+            c.env("CI", "true");
+        } else {
+            c.env_remove("CI");
+        }
+        c.output().unwrap()
+    };
+    let out = child(false);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "skipped, not failed: {stderr}");
+    let loud: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("SKIPPED PostgreSQL tests"))
+        .collect();
+    assert_eq!(loud.len(), 1, "one line for the whole binary: {stderr}");
+    assert!(
+        loud[0].contains("apt-get install -y postgresql"),
+        "{}",
+        loud[0]
+    );
+    assert!(loud[0].contains("first probe"), "{}", loud[0]);
+
+    let out = child(true);
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success(),
+        "under CI a missing PostgreSQL fails: {all}"
+    );
+    assert!(all.contains("PostgreSQL is not installed"), "{all}");
+}
