@@ -19,7 +19,6 @@
 
 #![allow(dead_code)] // also compiled into the `pg_contention` test, which has no `main`
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use luca_core::db_retry;
@@ -29,7 +28,7 @@ use luca_core::retry::{RetryPolicy, Retryable};
 
 /// The workloads.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Workload {
+pub(crate) enum Workload {
     /// `SELECT n` then `UPDATE n = n + 1` on one hot row.
     Counter,
     /// Move a random amount between two of 8 accounts (if the balance allows), and log it.
@@ -38,7 +37,7 @@ pub enum Workload {
 
 /// How each operation is run.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Mode {
+pub(crate) enum Mode {
     /// tokio-postgres, no retry.
     Plain,
     /// `#[db_retry]` on the operation.
@@ -52,26 +51,26 @@ const INITIAL_BALANCE: i64 = 1_000;
 
 /// One row of the table.
 #[derive(Debug)]
-pub struct Row {
-    pub workload: Workload,
-    pub mode: Mode,
-    pub writers: usize,
-    pub attempted: u64,
-    pub committed: u64,
+pub(crate) struct Row {
+    pub(crate) workload: Workload,
+    pub(crate) mode: Mode,
+    pub(crate) writers: usize,
+    pub(crate) attempted: u64,
+    pub(crate) committed: u64,
     /// Operations whose caller got a serialization failure or deadlock.
-    pub escaped: u64,
+    pub(crate) escaped: u64,
     /// Operations whose caller got any other error.
-    pub other_errors: u64,
+    pub(crate) other_errors: u64,
     /// Committed operations missing from the database, or present without being reported.
-    pub lost: i64,
-    pub sum_conserved: bool,
-    pub retries: u64,
-    pub wall: Duration,
+    pub(crate) lost: i64,
+    pub(crate) sum_conserved: bool,
+    pub(crate) retries: u64,
+    pub(crate) wall: Duration,
 }
 
 impl Row {
     /// The row's claims: the luca rows must show no escape, no loss, a conserved sum.
-    pub fn sound(&self) -> bool {
+    pub(crate) fn sound(&self) -> bool {
         self.lost == 0 && self.sum_conserved && self.other_errors == 0
     }
 }
@@ -261,7 +260,13 @@ fn ledger_op(rng: &mut fastrand::Rng) -> (i32, i32, i64) {
 }
 
 /// Runs `ops` operations on each of `writers` concurrent writers and checks the database.
-pub async fn run(url: &str, workload: Workload, mode: Mode, writers: usize, ops: usize) -> Row {
+pub(crate) async fn run(
+    url: &str,
+    workload: Workload,
+    mode: Mode,
+    writers: usize,
+    ops: usize,
+) -> Row {
     setup(url).await;
     let before = luca_core::metrics().snapshot();
     let db = match mode {
@@ -376,7 +381,7 @@ pub async fn run(url: &str, workload: Workload, mode: Mode, writers: usize, ops:
 }
 
 /// The whole table: both workloads, three modes, 1/16/64 writers.
-pub async fn run_all(url: &str, ops: usize) -> Vec<Row> {
+pub(crate) async fn run_all(url: &str, ops: usize) -> Vec<Row> {
     let mut rows = Vec::new();
     for workload in [Workload::Counter, Workload::Ledger] {
         for writers in [1, 16, 64] {
@@ -389,7 +394,7 @@ pub async fn run_all(url: &str, ops: usize) -> Vec<Row> {
 }
 
 /// The table as Markdown.
-pub fn table(rows: &[Row]) -> String {
+pub(crate) fn table(rows: &[Row]) -> String {
     let mut out = String::from(
         "| workload | mode | writers | ops | committed | escaped (share) | other errors | lost | sum conserved | retries | wall ms | commits/s |\n\
          |---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|\n",

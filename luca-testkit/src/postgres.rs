@@ -146,13 +146,11 @@ impl TempPostgres {
         let data = dir.join("data");
         let socket_dir = dir.join("socket");
         let log_path = dir.join("server.log");
-        for sub in [&socket_dir] {
-            std::fs::create_dir(sub)
-                .map_err(|e| failed(format!("cannot create {}: {e}", sub.display())))?;
-            if let Some((uid, gid)) = run_as {
-                std::os::unix::fs::chown(sub, Some(uid), Some(gid))
-                    .map_err(|e| failed(format!("cannot chown {}: {e}", sub.display())))?;
-            }
+        std::fs::create_dir(&socket_dir)
+            .map_err(|e| failed(format!("cannot create {}: {e}", socket_dir.display())))?;
+        if let Some((uid, gid)) = run_as {
+            std::os::unix::fs::chown(&socket_dir, Some(uid), Some(gid))
+                .map_err(|e| failed(format!("cannot chown {}: {e}", socket_dir.display())))?;
         }
         let command = |name: &str| {
             let mut c = Command::new(bin.join(name));
