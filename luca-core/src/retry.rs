@@ -264,9 +264,9 @@ impl fmt::Display for BusyCode {
 /// }
 /// ```
 #[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot be checked for SQLite busy errors",
-    label = "`{Self}` is neither `Retryable` nor an `Error + 'static` whose `source()` chain can hold a `rusqlite::Error`",
-    note = "implement `luca_core::retry::Retryable` for `{Self}`, or implement `std::error::Error` for it and return the `rusqlite::Error` from `source()`"
+    message = "`{Self}` cannot be checked for retryable database errors",
+    label = "`{Self}` is neither `Retryable` nor an `Error + 'static` whose `source()` chain can hold a `rusqlite::Error` or `tokio_postgres::Error`",
+    note = "implement `luca_core::retry::Retryable` for `{Self}`, or implement `std::error::Error` for it and return the database's error from `source()`"
 )]
 pub trait Retryable {
     /// The retryable condition this error carries, or `None` if it must not be retried.
