@@ -8,7 +8,8 @@ use crate::retry::{BusyCode, Retryable};
 ///
 /// Every variant that concerns a database file names the file, so a log line is enough to
 /// find it. SQLite's own errors are kept whole (with their extended result code) in
-/// [`Error::Sqlite`], so [`Retryable::busy_code`] can classify them.
+/// [`Error::Sqlite`], and PostgreSQL's (with their SQLSTATE) in `Error::Postgres` (feature
+/// `postgres`), so [`Retryable::busy_code`] can classify them.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -146,6 +147,44 @@ pub enum Error {
         /// Why it was refused.
         reason: &'static str,
     },
+
+    /// An error from PostgreSQL or tokio-postgres, unchanged (its SQLSTATE, if any, is
+    /// what [`Retryable::busy_code`] classifies).
+    #[cfg(feature = "postgres")]
+    #[error(transparent)]
+    Postgres(#[from] tokio_postgres::Error),
+
+    /// No PostgreSQL connection could be taken from a [`PgDb`](crate::postgres::PgDb)'s
+    /// pool (the server refused or could not be reached, or the pool's wait timed out).
+    #[cfg(feature = "postgres")]
+    #[error("no PostgreSQL connection from the pool: {0}")]
+    PgPool(#[source] deadpool_postgres::PoolError),
+
+    /// The connection was lost (or failed) while `COMMIT` was in flight, so whether the
+    /// transaction was committed is unknown. It was **not** retried: running it again
+    /// could apply it twice. Check the database (for example for a row the transaction
+    /// wrote with a unique key) before deciding to run it again.
+    #[cfg(feature = "postgres")]
+    #[error(
+        "the PostgreSQL connection failed while COMMIT was in flight; the transaction may or \
+         may not have been committed (it was not retried): {source}"
+    )]
+    CommitOutcomeUnknown {
+        /// What the driver reported.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
+    /// A [`PgDb`](crate::postgres::PgDb) closure ended its transaction itself (it ran
+    /// `COMMIT` or `ROLLBACK`): what it ran before that may be committed, and what it ran
+    /// after ran outside the transaction. It was not retried. Return from the closure
+    /// instead: `PgDb` commits when it returns `Ok` and rolls back when it returns `Err`.
+    #[cfg(feature = "postgres")]
+    #[error("a PgDb closure ended its own transaction (COMMIT or ROLLBACK): {reason}")]
+    PgTransactionEnded {
+        /// What happened after.
+        reason: &'static str,
+    },
 }
 
 /// `Result` with [`luca_core::Error`](Error) as its default error type.
@@ -167,6 +206,22 @@ impl Error {
             | Error::Reentered { .. }
             | Error::TransactionLeftOpen { .. }
             | Error::InvalidSetting { .. } => None,
+            #[cfg(feature = "postgres")]
+            Error::Postgres(_)
+            | Error::PgPool(_)
+            | Error::CommitOutcomeUnknown { .. }
+            | Error::PgTransactionEnded { .. } => None,
+        }
+    }
+
+    /// The PostgreSQL error inside, if any (also the one behind
+    /// [`Error::CommitOutcomeUnknown`] and a pool's backend error).
+    #[cfg(feature = "postgres")]
+    pub fn postgres(&self) -> Option<&tokio_postgres::Error> {
+        match self {
+            Error::Postgres(e) | Error::CommitOutcomeUnknown { source: e } => Some(e),
+            Error::PgPool(deadpool_postgres::PoolError::Backend(e)) => Some(e),
+            _ => None,
         }
     }
 
@@ -192,6 +247,15 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 
 impl Retryable for Error {
     fn busy_code(&self) -> Option<BusyCode> {
-        self.sqlite().and_then(Retryable::busy_code)
+        match self {
+            // The outcome is unknown: running the transaction again could apply it twice.
+            #[cfg(feature = "postgres")]
+            Error::CommitOutcomeUnknown { .. } => None,
+            #[cfg(feature = "postgres")]
+            Error::Postgres(e) | Error::PgPool(deadpool_postgres::PoolError::Backend(e)) => {
+                e.busy_code()
+            }
+            _ => self.sqlite().and_then(Retryable::busy_code),
+        }
     }
 }

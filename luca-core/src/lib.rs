@@ -8,6 +8,8 @@ pub mod deadpool;
 mod error;
 pub mod local;
 pub mod metrics;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod pragmas;
 pub mod retry;
 mod shared;
@@ -20,7 +22,8 @@ pub use db::{Db, DbBuilder, DbStats};
 pub use error::{Error, Result};
 pub use metrics::metrics;
 
-/// Retries a function as a whole when it fails with a SQLite busy/locked error.
+/// Retries a function as a whole when it fails with a SQLite busy/locked error or (feature
+/// `postgres`) a PostgreSQL serialization failure (`40001`) or deadlock (`40P01`).
 ///
 /// See the [crate documentation](crate) and [`retry`] for the schedule. Arguments (all
 /// optional): `max_retries = 5`, `delay_ms = 100`, `max_delay_ms = 30000`,
@@ -46,7 +49,8 @@ pub use metrics::metrics;
 /// - **Errors.** The error type may implement [`retry::Retryable`] or be an
 ///   `Error + 'static` whose `source()` chain holds a `rusqlite::Error` or the
 ///   `rusqlite::ffi::Error` inside one — thiserror's `#[error(transparent)]` forwards
-///   `source()` to the latter — also inside `Box<dyn Error>` and `anyhow::Error`.
+///   `source()` to the latter — also inside `Box<dyn Error>` and `anyhow::Error`; with the
+///   `postgres` feature, likewise a `tokio_postgres::Error` or the `DbError` inside one.
 /// - **Order with other attributes.** Write `#[db_retry]` above `#[tracing::instrument]`:
 ///   it keeps `#[instrument]` on the function it generates, so one span covers the whole
 ///   call, retries included. Below it, `#[instrument]` would rewrite the body first: each

@@ -1,6 +1,7 @@
 //! Process-wide retry counters.
 //!
-//! Every retry made by [`#[db_retry]`](crate::db_retry), [`retry_sync`](crate::retry::retry_sync)
+//! Counted per [`BusyCode`]: SQLite's busy/locked codes and PostgreSQL's SQLSTATEs side
+//! by side. Every retry made by [`#[db_retry]`](crate::db_retry), [`retry_sync`](crate::retry::retry_sync)
 //! and [`retry_async`](crate::retry::retry_async) is counted here. Counters are relaxed
 //! atomics, touched only when a call meets a busy error: the success path never writes them.
 //!
@@ -51,8 +52,8 @@ use crate::retry::BusyCode;
 /// Live retry counters; read them with [`Metrics::snapshot`].
 #[derive(Debug)]
 pub struct Metrics {
-    busy_by_code: [AtomicU64; 7],
-    retries_by_code: [AtomicU64; 7],
+    busy_by_code: [AtomicU64; BusyCode::COUNT],
+    retries_by_code: [AtomicU64; BusyCode::COUNT],
     calls_retried: AtomicU64,
     calls_recovered: AtomicU64,
     calls_gave_up: AtomicU64,
@@ -64,8 +65,8 @@ pub struct Metrics {
 const ZERO: AtomicU64 = AtomicU64::new(0);
 
 static GLOBAL: Metrics = Metrics {
-    busy_by_code: [ZERO; 7],
-    retries_by_code: [ZERO; 7],
+    busy_by_code: [ZERO; BusyCode::COUNT],
+    retries_by_code: [ZERO; BusyCode::COUNT],
     calls_retried: ZERO,
     calls_recovered: ZERO,
     calls_gave_up: ZERO,
@@ -107,7 +108,7 @@ impl Metrics {
     /// A copy of every counter. Counters are read one by one, so a snapshot taken while
     /// retries are under way may be off by the retries in flight.
     pub fn snapshot(&self) -> MetricsSnapshot {
-        let load = |a: &[AtomicU64; 7]| std::array::from_fn(|i| a[i].load(Relaxed));
+        let load = |a: &[AtomicU64; BusyCode::COUNT]| std::array::from_fn(|i| a[i].load(Relaxed));
         MetricsSnapshot {
             busy_by_code: load(&self.busy_by_code),
             retries_by_code: load(&self.retries_by_code),
@@ -125,11 +126,11 @@ impl Metrics {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct MetricsSnapshot {
-    /// Attempts that ended in a busy/locked error (retried or not), by code; index with
+    /// Attempts that ended in a retryable error (retried or not), by code; index with
     /// [`BusyCode::index`].
-    pub busy_by_code: [u64; 7],
+    pub busy_by_code: [u64; BusyCode::COUNT],
     /// Retries made, by the code that caused them; index with [`BusyCode::index`].
-    pub retries_by_code: [u64; 7],
+    pub retries_by_code: [u64; BusyCode::COUNT],
     /// Calls that retried at least once.
     pub calls_retried: u64,
     /// Calls that retried and then succeeded.
@@ -161,7 +162,9 @@ impl MetricsSnapshot {
 
     /// What happened between `earlier` and `self`.
     pub fn since(&self, earlier: &MetricsSnapshot) -> MetricsSnapshot {
-        let sub = |a: &[u64; 7], b: &[u64; 7]| std::array::from_fn(|i| a[i].saturating_sub(b[i]));
+        let sub = |a: &[u64; BusyCode::COUNT], b: &[u64; BusyCode::COUNT]| {
+            std::array::from_fn(|i| a[i].saturating_sub(b[i]))
+        };
         MetricsSnapshot {
             busy_by_code: sub(&self.busy_by_code, &earlier.busy_by_code),
             retries_by_code: sub(&self.retries_by_code, &earlier.retries_by_code),
@@ -192,7 +195,7 @@ impl fmt::Display for MetricsSnapshot {
                 writeln!(
                     f,
                     "  {:<26} busy {busy:>8} retried {retried:>8}",
-                    code.name()
+                    code.to_string()
                 )?;
             }
         }

@@ -1,12 +1,16 @@
-//! Busy-aware retries: which SQLite errors are worth retrying, and the backoff schedule.
+//! Busy-aware retries: which database errors are worth retrying, and the backoff schedule.
 //!
 //! SQLite answers a write that meets another writer with `SQLITE_BUSY` (or one of its
 //! extended codes), and a shared-cache or virtual-table conflict with `SQLITE_LOCKED`.
-//! Those, and only those, are retried: the whole attempt (the whole function under
+//! PostgreSQL (with the `postgres` feature) answers a transaction that lost a race with
+//! SQLSTATE `40001` (serialization_failure) or `40P01` (deadlock_detected). Those, and
+//! only those, are retried ([`BusyCode`] lists them side by side; `55P03`
+//! lock_not_available only when the policy opts in with
+//! [`RetryPolicy::with_lock_not_available`]): the whole attempt (the whole function under
 //! [`#[db_retry]`](crate::db_retry), the whole closure under [`retry_sync`] /
-//! [`retry_async`]) runs again after a backoff. A `SQLITE_BUSY_SNAPSHOT` can only be
-//! cured that way: the transaction that read a stale snapshot must be rolled back and run
-//! again from its start.
+//! [`retry_async`]) runs again after a backoff. A `SQLITE_BUSY_SNAPSHOT` or a `40001` can
+//! only be cured that way: the transaction that read a stale snapshot must be rolled back
+//! and run again from its start, including the logic that chose its statements.
 //!
 //! The delay before retry `n` (counting from 0) is `min(max_delay, delay · 2^n)` with the
 //! [`Jitter`] applied. [`#[db_retry]`](crate::db_retry), [`retry_sync`] and
@@ -34,10 +38,25 @@ use std::time::{Duration, Instant};
 
 use crate::metrics;
 
-/// Which SQLite busy or locked condition an error carries.
+/// Which database engine a [`BusyCode`] belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Engine {
+    /// SQLite: the code is an extended result code.
+    Sqlite,
+    /// PostgreSQL, and the engines that speak its protocol (CockroachDB, YugabyteDB): the
+    /// code is a SQLSTATE.
+    Postgres,
+}
+
+/// Which retryable condition an error carries: a SQLite busy/locked result code or a
+/// PostgreSQL SQLSTATE, side by side.
 ///
-/// These are the only conditions luca retries. Every other result code (constraint,
-/// I/O, corrupt, misuse, full, read-only, …) is returned to the caller at once.
+/// These are the only conditions luca retries. Every other SQLite result code
+/// (constraint, I/O, corrupt, misuse, full, read-only, …) and every other SQLSTATE
+/// (unique violation, syntax error, a lost connection, …) is returned to the caller at
+/// once. [`BusyCode::LockNotAvailable`] is retried only by a policy that opts in with
+/// [`RetryPolicy::with_lock_not_available`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum BusyCode {
@@ -56,11 +75,25 @@ pub enum BusyCode {
     LockedSharedCache,
     /// `SQLITE_LOCKED_VTAB` (518): a virtual table is locked.
     LockedVtab,
+    /// PostgreSQL `40001` serialization_failure: a SERIALIZABLE (or REPEATABLE READ)
+    /// transaction conflicted with a concurrent one; only re-running the whole transaction
+    /// cures it.
+    SerializationFailure,
+    /// PostgreSQL `40P01` deadlock_detected: the server aborted this transaction to break a
+    /// lock cycle.
+    DeadlockDetected,
+    /// PostgreSQL `55P03` lock_not_available: a `NOWAIT` or `lock_timeout` lock request
+    /// failed. Retried only when the policy opts in
+    /// ([`RetryPolicy::with_lock_not_available`]): a `NOWAIT` is often written to fail fast.
+    LockNotAvailable,
 }
 
 impl BusyCode {
-    /// Every code, in the order of [`BusyCode::index`].
-    pub const ALL: [BusyCode; 7] = [
+    /// How many codes there are: the length of per-code tables.
+    pub const COUNT: usize = 10;
+
+    /// Every code, in the order of [`BusyCode::index`]: SQLite's first, then PostgreSQL's.
+    pub const ALL: [BusyCode; BusyCode::COUNT] = [
         BusyCode::Busy,
         BusyCode::BusyRecovery,
         BusyCode::BusySnapshot,
@@ -68,6 +101,9 @@ impl BusyCode {
         BusyCode::Locked,
         BusyCode::LockedSharedCache,
         BusyCode::LockedVtab,
+        BusyCode::SerializationFailure,
+        BusyCode::DeadlockDetected,
+        BusyCode::LockNotAvailable,
     ];
 
     /// Classifies an extended (or primary) SQLite result code.
@@ -98,9 +134,43 @@ impl BusyCode {
         })
     }
 
-    /// The extended result code, e.g. 517 for [`BusyCode::BusySnapshot`].
-    pub const fn extended_code(self) -> i32 {
+    /// Classifies a PostgreSQL SQLSTATE: `40001`, `40P01` and `55P03` map to their codes,
+    /// everything else is `None`.
+    ///
+    /// ```
+    /// use luca_core::retry::BusyCode;
+    /// assert_eq!(BusyCode::from_sqlstate("40001"), Some(BusyCode::SerializationFailure));
+    /// assert_eq!(BusyCode::from_sqlstate("23505"), None); // unique_violation
+    /// ```
+    pub fn from_sqlstate(sqlstate: &str) -> Option<BusyCode> {
+        Some(match sqlstate {
+            "40001" => BusyCode::SerializationFailure,
+            "40P01" => BusyCode::DeadlockDetected,
+            "55P03" => BusyCode::LockNotAvailable,
+            _ => return None,
+        })
+    }
+
+    /// The engine the code belongs to.
+    pub const fn engine(self) -> Engine {
         match self {
+            BusyCode::Busy
+            | BusyCode::BusyRecovery
+            | BusyCode::BusySnapshot
+            | BusyCode::BusyTimeout
+            | BusyCode::Locked
+            | BusyCode::LockedSharedCache
+            | BusyCode::LockedVtab => Engine::Sqlite,
+            BusyCode::SerializationFailure
+            | BusyCode::DeadlockDetected
+            | BusyCode::LockNotAvailable => Engine::Postgres,
+        }
+    }
+
+    /// SQLite's extended result code, e.g. `Some(517)` for [`BusyCode::BusySnapshot`];
+    /// `None` for a PostgreSQL code.
+    pub const fn extended_code(self) -> Option<i32> {
+        Some(match self {
             BusyCode::Busy => 5,
             BusyCode::BusyRecovery => 261,
             BusyCode::BusySnapshot => 517,
@@ -108,10 +178,25 @@ impl BusyCode {
             BusyCode::Locked => 6,
             BusyCode::LockedSharedCache => 262,
             BusyCode::LockedVtab => 518,
+            BusyCode::SerializationFailure
+            | BusyCode::DeadlockDetected
+            | BusyCode::LockNotAvailable => return None,
+        })
+    }
+
+    /// PostgreSQL's SQLSTATE, e.g. `Some("40001")` for
+    /// [`BusyCode::SerializationFailure`]; `None` for a SQLite code.
+    pub const fn sqlstate(self) -> Option<&'static str> {
+        match self {
+            BusyCode::SerializationFailure => Some("40001"),
+            BusyCode::DeadlockDetected => Some("40P01"),
+            BusyCode::LockNotAvailable => Some("55P03"),
+            _ => None,
         }
     }
 
-    /// SQLite's symbolic name, e.g. `"SQLITE_BUSY_SNAPSHOT"`.
+    /// The engine's symbolic name: SQLite's (`"SQLITE_BUSY_SNAPSHOT"`) or PostgreSQL's
+    /// condition name (`"serialization_failure"`).
     pub const fn name(self) -> &'static str {
         match self {
             BusyCode::Busy => "SQLITE_BUSY",
@@ -121,6 +206,9 @@ impl BusyCode {
             BusyCode::Locked => "SQLITE_LOCKED",
             BusyCode::LockedSharedCache => "SQLITE_LOCKED_SHAREDCACHE",
             BusyCode::LockedVtab => "SQLITE_LOCKED_VTAB",
+            BusyCode::SerializationFailure => "serialization_failure",
+            BusyCode::DeadlockDetected => "deadlock_detected",
+            BusyCode::LockNotAvailable => "lock_not_available",
         }
     }
 
@@ -134,23 +222,32 @@ impl BusyCode {
             BusyCode::Locked => 4,
             BusyCode::LockedSharedCache => 5,
             BusyCode::LockedVtab => 6,
+            BusyCode::SerializationFailure => 7,
+            BusyCode::DeadlockDetected => 8,
+            BusyCode::LockNotAvailable => 9,
         }
     }
 }
 
 impl fmt::Display for BusyCode {
+    /// The name; a PostgreSQL code adds its SQLSTATE: `serialization_failure (40001)`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+        match self.sqlstate() {
+            Some(state) => write!(f, "{} ({state})", self.name()),
+            None => f.write_str(self.name()),
+        }
     }
 }
 
-/// An error that can tell whether it is a SQLite busy/locked condition.
+/// An error that can tell whether it carries a retryable condition (a SQLite busy/locked
+/// code, a PostgreSQL serialization failure or deadlock).
 ///
 /// Implemented for [`rusqlite::Error`], [`crate::Error`], `Box<dyn Error + Send + Sync>`
-/// and `Box<dyn Error>` (both searched along their `source()` chain), and for
-/// `anyhow::Error` with the `anyhow` feature. Implement it for your own error type when its
-/// `source()` chain does not reach the `rusqlite::Error`; when it does,
-/// [`#[db_retry]`](crate::db_retry) finds it without an impl.
+/// and `Box<dyn Error>` (both searched along their `source()` chain), for
+/// `anyhow::Error` with the `anyhow` feature, and for `tokio_postgres::Error` with the
+/// `postgres` feature. Implement it for your own error type when its `source()` chain does
+/// not reach the database's error; when it does, [`#[db_retry]`](crate::db_retry) finds it
+/// without an impl.
 ///
 /// ```
 /// use luca_core::retry::{BusyCode, Retryable};
@@ -167,13 +264,20 @@ impl fmt::Display for BusyCode {
 /// }
 /// ```
 #[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot be checked for SQLite busy errors",
-    label = "`{Self}` is neither `Retryable` nor an `Error + 'static` whose `source()` chain can hold a `rusqlite::Error`",
-    note = "implement `luca_core::retry::Retryable` for `{Self}`, or implement `std::error::Error` for it and return the `rusqlite::Error` from `source()`"
+    message = "`{Self}` cannot be checked for retryable database errors",
+    label = "`{Self}` is neither `Retryable` nor an `Error + 'static` whose `source()` chain can hold a `rusqlite::Error` or `tokio_postgres::Error`",
+    note = "implement `luca_core::retry::Retryable` for `{Self}`, or implement `std::error::Error` for it and return the database's error from `source()`"
 )]
 pub trait Retryable {
-    /// The busy/locked condition this error carries, or `None` if it must not be retried.
+    /// The retryable condition this error carries, or `None` if it must not be retried.
     fn busy_code(&self) -> Option<BusyCode>;
+}
+
+#[cfg(feature = "postgres")]
+impl Retryable for tokio_postgres::Error {
+    fn busy_code(&self) -> Option<BusyCode> {
+        BusyCode::from_sqlstate(self.code()?.code())
+    }
 }
 
 impl Retryable for rusqlite::Error {
@@ -207,14 +311,16 @@ impl Retryable for anyhow::Error {
 /// How deep [`classify`] follows a `source()` chain before it stops looking.
 const MAX_SOURCE_DEPTH: usize = 64;
 
-/// Finds a SQLite busy/locked condition anywhere in an error's `source()` chain.
+/// Finds a retryable condition anywhere in an error's `source()` chain.
 ///
 /// Looks at the error itself and then at each `source()` in turn (at most 64 levels),
-/// and answers for the first [`rusqlite::Error`], [`rusqlite::ffi::Error`] or
-/// [`crate::Error`] it meets. The `ffi::Error` is what a chain holds when a wrapper
-/// forwards `source()` past the `rusqlite::Error` (thiserror's `#[error(transparent)]`
-/// does: its `source()` is the `rusqlite::Error`'s own, the inner `ffi::Error`). A
-/// [`std::io::Error`] is looked through to the error it wraps (its own `source()` skips it).
+/// and answers for the first [`rusqlite::Error`], [`rusqlite::ffi::Error`],
+/// [`crate::Error`] or (with the `postgres` feature) `tokio_postgres::Error` or
+/// `tokio_postgres::error::DbError` it meets. The `ffi::Error` and the `DbError` are what
+/// a chain holds when a wrapper forwards `source()` past the driver's error (thiserror's
+/// `#[error(transparent)]` does: its `source()` is the driver error's own, the inner
+/// `ffi::Error` or `DbError`). A [`std::io::Error`] is looked through to the error it
+/// wraps (its own `source()` skips it).
 ///
 /// ```
 /// use luca_core::retry::{classify, BusyCode};
@@ -249,6 +355,15 @@ pub fn classify(error: &(dyn StdError + 'static)) -> Option<BusyCode> {
         }
         if let Some(e) = e.downcast_ref::<crate::Error>() {
             return e.busy_code();
+        }
+        #[cfg(feature = "postgres")]
+        {
+            if let Some(e) = e.downcast_ref::<tokio_postgres::Error>() {
+                return e.busy_code();
+            }
+            if let Some(e) = e.downcast_ref::<tokio_postgres::error::DbError>() {
+                return BusyCode::from_sqlstate(e.code().code());
+            }
         }
         current = match e.downcast_ref::<std::io::Error>() {
             Some(io) => io.get_ref().map(|inner| inner as &(dyn StdError + 'static)),
@@ -326,6 +441,7 @@ pub struct RetryPolicy {
     max_delay: Duration,
     jitter: Jitter,
     deadline: Option<Duration>,
+    lock_not_available: bool,
 }
 
 impl Default for RetryPolicy {
@@ -342,7 +458,8 @@ impl RetryPolicy {
     /// Default cap on one delay: 30 s (never below the base delay).
     pub const DEFAULT_MAX_DELAY: Duration = Duration::from_secs(30);
 
-    /// The defaults: 5 retries, 100 ms base delay, 30 s cap, full jitter, no deadline.
+    /// The defaults: 5 retries, 100 ms base delay, 30 s cap, full jitter, no deadline,
+    /// PostgreSQL's `55P03` lock_not_available not retried.
     pub const fn new() -> Self {
         RetryPolicy {
             max_retries: Self::DEFAULT_MAX_RETRIES,
@@ -350,7 +467,28 @@ impl RetryPolicy {
             max_delay: Self::DEFAULT_MAX_DELAY,
             jitter: Jitter::Full,
             deadline: None,
+            lock_not_available: false,
         }
+    }
+
+    /// Whether PostgreSQL's `55P03` lock_not_available ([`BusyCode::LockNotAvailable`]: a
+    /// `NOWAIT` or `lock_timeout` lock request failed) is retried like a serialization
+    /// failure. Off by default, so such an error is returned at once.
+    pub const fn with_lock_not_available(mut self, retry: bool) -> Self {
+        self.lock_not_available = retry;
+        self
+    }
+
+    /// Whether [`BusyCode::LockNotAvailable`] is retried.
+    pub const fn lock_not_available(&self) -> bool {
+        self.lock_not_available
+    }
+
+    /// Whether this policy retries `code`: every code but
+    /// [`BusyCode::LockNotAvailable`], which only with
+    /// [`RetryPolicy::with_lock_not_available`].
+    pub const fn retries(&self, code: BusyCode) -> bool {
+        !matches!(code, BusyCode::LockNotAvailable) || self.lock_not_available
     }
 
     /// Retries after the first attempt (0 = never retry).
@@ -498,7 +636,10 @@ pub type RetryHook = fn(&RetryEvent);
 #[doc(hidden)]
 #[derive(Debug)]
 pub struct Schedule<'p> {
-    policy: &'p RetryPolicy,
+    /// A copy: a schedule that borrows nothing can live in a future next to an async
+    /// closure's (higher-ranked) future and still be proven `Send`.
+    policy: RetryPolicy,
+    _policy: std::marker::PhantomData<&'p RetryPolicy>,
     function: &'static str,
     location: &'static Location<'static>,
     hook: Option<RetryHook>,
@@ -506,6 +647,30 @@ pub struct Schedule<'p> {
     previous: Duration,
     slept: Duration,
     started: Option<Instant>,
+}
+
+impl Schedule<'static> {
+    /// A schedule for one call that owns its policy (for futures that must borrow
+    /// nothing across an await).
+    #[inline]
+    pub const fn owned(
+        policy: RetryPolicy,
+        function: &'static str,
+        location: &'static Location<'static>,
+        hook: Option<RetryHook>,
+    ) -> Self {
+        Schedule {
+            policy,
+            _policy: std::marker::PhantomData,
+            function,
+            location,
+            hook,
+            retries: 0,
+            previous: policy.delay,
+            slept: Duration::ZERO,
+            started: None,
+        }
+    }
 }
 
 impl<'p> Schedule<'p> {
@@ -518,7 +683,8 @@ impl<'p> Schedule<'p> {
         hook: Option<RetryHook>,
     ) -> Self {
         Schedule {
-            policy,
+            policy: *policy,
+            _policy: std::marker::PhantomData,
             function,
             location,
             hook,
@@ -551,8 +717,9 @@ impl<'p> Schedule<'p> {
     }
 
     /// After an attempt failed with `code`: the delay to sleep before the next attempt, or
-    /// `None` when the error must be returned (not busy, retries exhausted, or the deadline
-    /// would pass).
+    /// `None` when the error must be returned (not busy, a code the policy does not retry,
+    /// retries exhausted, or the deadline would pass). A code the policy does not retry is
+    /// treated as any other error: returned at once, not counted.
     #[inline]
     pub fn on_error(
         &mut self,
@@ -560,6 +727,9 @@ impl<'p> Schedule<'p> {
         now: impl FnOnce() -> Instant,
     ) -> Option<Duration> {
         let code = code?;
+        if !self.policy.retries(code) {
+            return None;
+        }
         self.on_busy(code, now)
     }
 

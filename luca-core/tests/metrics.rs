@@ -92,8 +92,8 @@ fn a_call_that_recovers_counts_every_counter() {
             );
         }
     }
-    assert_eq!(d.busy_by_code, [2, 0, 0, 0, 0, 0, 0]);
-    assert_eq!(d.retries_by_code, [2, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(d.busy_by_code, [2, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(d.retries_by_code, [2, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
     assert_eq!(d.retries(), 2);
     assert_eq!(d.calls_retried, 1);
     assert_eq!(d.calls_recovered, 1);
@@ -207,7 +207,7 @@ fn each_code_is_counted_under_its_own_index() {
     let snap = snapshot().since(&before);
     assert_eq!(snap.busy_for(BusyCode::BusySnapshot), 1, "{snap:?}");
     assert_eq!(snap.retries_for(BusyCode::BusySnapshot), 1);
-    assert_eq!(snap.busy_by_code, [0, 0, 1, 0, 0, 0, 0]);
+    assert_eq!(snap.busy_by_code, [0, 0, 1, 0, 0, 0, 0, 0, 0, 0]);
     assert_eq!(snap.retries(), 1);
 
     // SQLITE_LOCKED (6), produced by SQLite: dropping a table while a statement of the
@@ -232,7 +232,7 @@ fn each_code_is_counted_under_its_own_index() {
     assert_eq!(attempt, 2);
     assert_eq!(locked.busy_for(BusyCode::Locked), 1, "{locked:?}");
     assert_eq!(locked.retries_for(BusyCode::Locked), 1);
-    assert_eq!(locked.busy_by_code, [0, 0, 0, 0, 1, 0, 0]);
+    assert_eq!(locked.busy_by_code, [0, 0, 0, 0, 1, 0, 0, 0, 0, 0]);
     assert_eq!(
         locked.to_string(),
         "retries 1 | calls retried 1 recovered 1 gave up 0 | attempts 2 | slept 1.0 ms\n  \
@@ -263,9 +263,11 @@ fn since_subtracts_every_field_and_never_underflows() {
     later.slept = Duration::from_millis(1505);
 
     let d = later.since(&earlier);
-    assert_eq!(d.busy_by_code, [1, 10, 19, 28, 37, 46, 55]);
-    assert_eq!(d.retries_by_code, [2, 6, 10, 14, 18, 22, 26]);
-    assert_eq!(d.retries(), 98);
+    assert_eq!(d.busy_by_code, [1, 10, 19, 28, 37, 46, 55, 64, 73, 82]);
+    assert_eq!(d.retries_by_code, [2, 6, 10, 14, 18, 22, 26, 30, 34, 38]);
+    assert_eq!(d.retries(), 200);
+    assert_eq!(d.retries_for(BusyCode::SerializationFailure), 30);
+    assert_eq!(d.busy_for(BusyCode::LockNotAvailable), 82);
     assert_eq!(d.retries_for(BusyCode::LockedVtab), 26);
     assert_eq!(d.busy_for(BusyCode::BusyRecovery), 10);
     assert_eq!(d.calls_retried, 3);
@@ -279,16 +281,20 @@ fn since_subtracts_every_field_and_never_underflows() {
     assert_eq!(later.since(&later), MetricsSnapshot::default());
 
     // Display lists the codes that saw anything, in `BusyCode::ALL` order, with SQLite's
-    // names; a code with retries but no busy count is listed too.
+    // names and PostgreSQL's names and SQLSTATEs; a code with retries but no busy count is
+    // listed too.
     let mut only = MetricsSnapshot::default();
     only.retries_by_code[BusyCode::LockedVtab.index()] = 3;
     only.busy_by_code[BusyCode::BusyRecovery.index()] = 12345678;
+    only.retries_by_code[BusyCode::SerializationFailure.index()] = 4;
+    only.busy_by_code[BusyCode::SerializationFailure.index()] = 5;
     only.slept = Duration::from_micros(2_500);
     assert_eq!(
         only.to_string(),
-        "retries 3 | calls retried 0 recovered 0 gave up 0 | attempts 0 | slept 2.5 ms\n  \
+        "retries 7 | calls retried 0 recovered 0 gave up 0 | attempts 0 | slept 2.5 ms\n  \
          SQLITE_BUSY_RECOVERY       busy 12345678 retried        0\n  \
-         SQLITE_LOCKED_VTAB         busy        0 retried        3\n"
+         SQLITE_LOCKED_VTAB         busy        0 retried        3\n  \
+         serialization_failure (40001) busy        5 retried        4\n"
     );
     assert_eq!(
         d.to_string().lines().count(),

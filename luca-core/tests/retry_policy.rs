@@ -7,7 +7,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use luca_core::retry::{BusyCode, Jitter, RetryPolicy, Retryable, classify, retry_sync};
+use luca_core::retry::{BusyCode, Engine, Jitter, RetryPolicy, Retryable, classify, retry_sync};
 use luca_core::rusqlite;
 
 const KINDS: [Jitter; 4] = [
@@ -329,10 +329,16 @@ fn from_extended_maps_all_seven_codes() {
         ),
         (518, BusyCode::LockedVtab, "SQLITE_LOCKED_VTAB"),
     ];
-    assert_eq!(BusyCode::ALL.len(), table.len());
+    assert_eq!(
+        BusyCode::ALL.len(),
+        table.len() + 3,
+        "7 SQLite codes, 3 PostgreSQL"
+    );
     for (i, (code, busy, name)) in table.into_iter().enumerate() {
         assert_eq!(BusyCode::from_extended(code), Some(busy), "{code}");
-        assert_eq!(busy.extended_code(), code);
+        assert_eq!(busy.extended_code(), Some(code));
+        assert_eq!(busy.sqlstate(), None);
+        assert_eq!(busy.engine(), Engine::Sqlite);
         assert_eq!(busy.name(), name);
         assert_eq!(busy.to_string(), name);
         assert_eq!(busy.index(), i);
@@ -340,6 +346,80 @@ fn from_extended_maps_all_seven_codes() {
         // The same code inside a real rusqlite error.
         assert_eq!(sqlite_err(code).busy_code(), Some(busy));
     }
+}
+
+#[test]
+fn from_sqlstate_maps_the_three_postgres_codes_and_nothing_else() {
+    let table = [
+        (
+            "40001",
+            BusyCode::SerializationFailure,
+            "serialization_failure",
+        ),
+        ("40P01", BusyCode::DeadlockDetected, "deadlock_detected"),
+        ("55P03", BusyCode::LockNotAvailable, "lock_not_available"),
+    ];
+    for (i, (state, busy, name)) in table.into_iter().enumerate() {
+        assert_eq!(BusyCode::from_sqlstate(state), Some(busy), "{state}");
+        assert_eq!(busy.sqlstate(), Some(state));
+        assert_eq!(busy.extended_code(), None);
+        assert_eq!(busy.engine(), Engine::Postgres);
+        assert_eq!(busy.name(), name);
+        assert_eq!(busy.to_string(), format!("{name} ({state})"));
+        assert_eq!(busy.index(), 7 + i);
+        assert_eq!(BusyCode::ALL[7 + i], busy);
+    }
+    // unique_violation, foreign_key_violation, syntax_error, query_canceled,
+    // admin_shutdown, connection_failure, transaction_rollback (the class, not a code
+    // luca retries), in_failed_sql_transaction, lowercase and partial forms.
+    for state in [
+        "23505", "23503", "42601", "57014", "57P01", "08006", "40000", "25P02", "40p01", "4000",
+        "400011", "", "5",
+    ] {
+        assert_eq!(BusyCode::from_sqlstate(state), None, "{state:?}");
+    }
+}
+
+#[test]
+fn lock_not_available_is_retried_only_when_the_policy_opts_in() {
+    let policy = RetryPolicy::new().with_delay(Duration::ZERO);
+    assert!(!policy.lock_not_available());
+    assert!(!policy.retries(BusyCode::LockNotAvailable));
+    for code in BusyCode::ALL {
+        if code != BusyCode::LockNotAvailable {
+            assert!(policy.retries(code), "{code}");
+        }
+    }
+    let opted = policy.with_lock_not_available(true);
+    assert!(opted.retries(BusyCode::LockNotAvailable));
+    assert!(
+        !opted
+            .with_lock_not_available(false)
+            .retries(BusyCode::LockNotAvailable)
+    );
+
+    // Through `retry_sync`, with an error that classifies as 55P03.
+    #[derive(Debug)]
+    struct NoWait;
+    impl Retryable for NoWait {
+        fn busy_code(&self) -> Option<BusyCode> {
+            Some(BusyCode::LockNotAvailable)
+        }
+    }
+    let mut calls = 0;
+    let r: Result<(), NoWait> = retry_sync(&policy, || {
+        calls += 1;
+        Err(NoWait)
+    });
+    assert!(r.is_err());
+    assert_eq!(calls, 1, "not opted in: returned at once");
+    let mut calls = 0;
+    let r: Result<(), NoWait> = retry_sync(&opted.with_max_retries(3), || {
+        calls += 1;
+        Err(NoWait)
+    });
+    assert!(r.is_err());
+    assert_eq!(calls, 4, "opted in: retried until the retries ran out");
 }
 
 #[test]

@@ -15,7 +15,7 @@ async fn db_stats_serialize_to_json_with_named_busy_codes() {
     assert_eq!(json["write_latency_ns"]["count"], 1);
     assert_eq!(json["write_latency_ns"]["max"], stats.write_latency_ns.max);
     let busy = json["busy_by_code"].as_object().expect("a map");
-    assert_eq!(busy.len(), 7);
+    assert_eq!(busy.len(), luca_core::retry::BusyCode::COUNT);
     assert_eq!(busy["SQLITE_BUSY_SNAPSHOT"], 0);
     db.close().await.unwrap();
 }

@@ -5,6 +5,8 @@ mod contention;
 pub mod crash;
 mod http;
 mod lock;
+#[cfg(feature = "postgres")]
+mod postgres;
 pub mod process;
 mod temp;
 mod workloads;
@@ -18,5 +20,7 @@ pub use lock::{
     LongReader, SnapshotBreaker, UpgradeBusy, WriteLock, force_busy, force_busy_snapshot,
     force_busy_upgrade, wal_bytes,
 };
+#[cfg(feature = "postgres")]
+pub use postgres::{PgStartError, TempPostgres};
 pub use temp::{Sweep, TempDb};
 pub use workloads::{Counter, InsertLedger, Learning, Lost, Workload};

@@ -171,7 +171,7 @@ impl From<Error> for Escaped {
 pub(crate) fn code_name(code: Option<i32>) -> String {
     match code {
         Some(code) => match BusyCode::from_extended(code) {
-            Some(busy) if busy.extended_code() == code => busy.name().to_owned(),
+            Some(busy) if busy.extended_code() == Some(code) => busy.name().to_owned(),
             _ => format!("SQLite code {code}"),
         },
         None => "not from SQLite".to_owned(),

@@ -132,7 +132,7 @@ pub(crate) struct StatsInner {
     pub(crate) writes_failed: AtomicU64,
     pub(crate) rows_changed: AtomicU64,
     pub(crate) reads: AtomicU64,
-    pub(crate) busy_by_code: [AtomicU64; 7],
+    pub(crate) busy_by_code: [AtomicU64; BusyCode::COUNT],
     pub(crate) retries: AtomicU64,
     pub(crate) queue_depth: AtomicUsize,
     pub(crate) max_queue_depth: AtomicUsize,
@@ -292,7 +292,7 @@ pub struct DbStats {
     /// Busy/locked errors the writer met (from other processes), by code; index with
     /// [`BusyCode::index`]. Serialized as a map from the code's name to its count.
     #[cfg_attr(feature = "serde", serde(serialize_with = "busy_map"))]
-    pub busy_by_code: [u64; 7],
+    pub busy_by_code: [u64; BusyCode::COUNT],
     /// Transactions the writer retried after a busy error.
     pub retries: u64,
     /// Writes queued right now.
@@ -332,7 +332,10 @@ pub struct DbStats {
 
 /// `busy_by_code` as `{"SQLITE_BUSY": n, …}`: a reader of the JSON needs no index table.
 #[cfg(feature = "serde")]
-fn busy_map<S: serde::Serializer>(counts: &[u64; 7], s: S) -> Result<S::Ok, S::Error> {
+fn busy_map<S: serde::Serializer>(
+    counts: &[u64; BusyCode::COUNT],
+    s: S,
+) -> Result<S::Ok, S::Error> {
     s.collect_map(BusyCode::ALL.iter().map(|c| (c.name(), counts[c.index()])))
 }
 

@@ -877,8 +877,17 @@ fn clone_error(e: &Error) -> Error {
             path: path.clone(),
             reason,
         },
-        // Not SQLite's own failure code (a rusqlite-side error): keep its text under
-        // SQLITE_ERROR, never a code that would be retried.
+        // Not SQLite's own failure code (a rusqlite-side error; a PostgreSQL error, which
+        // a `Db` never makes): keep its text under SQLITE_ERROR, never a code that would
+        // be retried.
+        #[cfg(feature = "postgres")]
+        Error::Postgres(_)
+        | Error::PgPool(_)
+        | Error::CommitOutcomeUnknown { .. }
+        | Error::PgTransactionEnded { .. } => Error::Sqlite(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+            Some(e.to_string()),
+        )),
         Error::Sqlite(_) | Error::Open { .. } => Error::Sqlite(rusqlite::Error::SqliteFailure(
             rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
             Some(e.to_string()),
