@@ -82,6 +82,8 @@ pub fn metrics() -> &'static Metrics {
 impl Metrics {
     pub(crate) fn record_busy(&self, code: BusyCode) {
         self.busy_by_code[code.index()].fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        ::metrics::counter!("luca_retry_attempts_total", "code" => code.name()).increment(1);
     }
 
     pub(crate) fn record_call_retried(&self) {
@@ -92,17 +94,30 @@ impl Metrics {
         self.retries_by_code[code.index()].fetch_add(1, Relaxed);
         let ns = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
         self.slept_ns.fetch_add(ns, Relaxed);
+        #[cfg(feature = "metrics")]
+        ::metrics::histogram!("luca_retry_backoff_seconds").record(delay);
     }
 
     pub(crate) fn record_gave_up(&self) {
         self.calls_gave_up.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        ::metrics::counter!("luca_retry_calls_total", "outcome" => "gave_up").increment(1);
     }
 
-    pub(crate) fn record_finish(&self, attempts: u32, ok: bool) {
+    /// A call that retried is over; `gave_up` calls were counted by `record_gave_up`.
+    pub(crate) fn record_finish(&self, attempts: u32, ok: bool, gave_up: bool) {
         self.attempts.fetch_add(u64::from(attempts), Relaxed);
         if ok {
             self.calls_recovered.fetch_add(1, Relaxed);
         }
+        #[cfg(feature = "metrics")]
+        if ok {
+            ::metrics::counter!("luca_retry_calls_total", "outcome" => "recovered").increment(1);
+        } else if !gave_up {
+            ::metrics::counter!("luca_retry_calls_total", "outcome" => "failed").increment(1);
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = gave_up;
     }
 
     /// A copy of every counter. Counters are read one by one, so a snapshot taken while
@@ -124,12 +139,16 @@ impl Metrics {
 /// Counter values at one moment. Subtract an earlier snapshot with
 /// [`MetricsSnapshot::since`] to measure one piece of work.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct MetricsSnapshot {
     /// Attempts that ended in a retryable error (retried or not), by code; index with
-    /// [`BusyCode::index`].
+    /// [`BusyCode::index`]. Serialized as a map from the code's name to its count.
+    #[cfg_attr(feature = "serde", serde(serialize_with = "by_code"))]
     pub busy_by_code: [u64; BusyCode::COUNT],
     /// Retries made, by the code that caused them; index with [`BusyCode::index`].
+    /// Serialized as a map from the code's name to its count.
+    #[cfg_attr(feature = "serde", serde(serialize_with = "by_code"))]
     pub retries_by_code: [u64; BusyCode::COUNT],
     /// Calls that retried at least once.
     pub calls_retried: u64,
@@ -140,8 +159,27 @@ pub struct MetricsSnapshot {
     pub calls_gave_up: u64,
     /// Attempts made by calls that retried at least once (first attempt included).
     pub attempts: u64,
-    /// Total backoff time slept.
+    /// Total backoff time slept. Serialized as `slept_seconds`, a float.
+    #[cfg_attr(
+        feature = "serde",
+        serde(rename = "slept_seconds", serialize_with = "seconds")
+    )]
     pub slept: Duration,
+}
+
+/// Per-code counts as `{"SQLITE_BUSY": n, "40001": m, …}`: a reader of the JSON needs no
+/// index table.
+#[cfg(feature = "serde")]
+pub(crate) fn by_code<S: serde::Serializer>(
+    counts: &[u64; BusyCode::COUNT],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_map(BusyCode::ALL.iter().map(|c| (c.name(), counts[c.index()])))
+}
+
+#[cfg(feature = "serde")]
+fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
 }
 
 impl MetricsSnapshot {

@@ -606,7 +606,7 @@ fn from_nanos(ns: u128) -> Duration {
 }
 
 /// What happens before each retry: passed to an `on_retry` hook and logged as a `tracing`
-/// event (target `luca::retry`).
+/// event (target `luca_core::retry`).
 #[derive(Clone, Copy, Debug)]
 #[non_exhaustive]
 pub struct RetryEvent {
@@ -647,6 +647,10 @@ pub struct Schedule<'p> {
     previous: Duration,
     slept: Duration,
     started: Option<Instant>,
+    /// The call's `tracing` span, made at its first retry (calls that never retry make
+    /// none); the retry and give-up events are recorded in it.
+    span: Option<tracing::Span>,
+    gave_up: bool,
 }
 
 impl Schedule<'static> {
@@ -669,6 +673,8 @@ impl Schedule<'static> {
             previous: policy.delay,
             slept: Duration::ZERO,
             started: None,
+            span: None,
+            gave_up: false,
         }
     }
 }
@@ -692,6 +698,8 @@ impl<'p> Schedule<'p> {
             previous: policy.delay,
             slept: Duration::ZERO,
             started: None,
+            span: None,
+            gave_up: false,
         }
     }
 
@@ -767,14 +775,21 @@ impl<'p> Schedule<'p> {
         };
         self.slept += delay;
         m.record_retry(code, delay);
-        tracing::debug!(
-            target: "luca::retry",
-            function = event.function,
-            attempt,
-            code = code.name(),
-            delay_ms = delay.as_secs_f64() * 1e3,
-            "database busy; retrying"
-        );
+        let function = self.function;
+        self.span
+            .get_or_insert_with(
+                || tracing::debug_span!(target: "luca_core::retry", "db_retry", function),
+            )
+            .in_scope(|| {
+                tracing::debug!(
+                    target: "luca_core::retry",
+                    function,
+                    attempt,
+                    code = code.name(),
+                    delay_ms = delay.as_secs_f64() * 1e3,
+                    "database busy; retrying"
+                );
+            });
         if let Some(hook) = self.hook {
             hook(&event);
         }
@@ -782,15 +797,22 @@ impl<'p> Schedule<'p> {
     }
 
     fn give_up(&mut self, code: BusyCode, attempt: u32, why: &'static str) {
+        self.gave_up = true;
         metrics::metrics().record_gave_up();
-        tracing::warn!(
-            target: "luca::retry",
-            function = self.function,
-            attempt,
-            code = code.name(),
-            slept_ms = self.slept.as_secs_f64() * 1e3,
-            "database busy; giving up: {why}"
-        );
+        let warn = || {
+            tracing::warn!(
+                target: "luca_core::retry",
+                function = self.function,
+                attempt,
+                code = code.name(),
+                slept_ms = self.slept.as_secs_f64() * 1e3,
+                "database busy; giving up: {why}"
+            );
+        };
+        match &self.span {
+            Some(span) => span.in_scope(warn),
+            None => warn(),
+        }
     }
 
     /// The call is over (success, or an error that is returned). Records the outcome of
@@ -805,7 +827,7 @@ impl<'p> Schedule<'p> {
     #[cold]
     #[inline(never)]
     fn record_finish(&self, ok: bool) {
-        metrics::metrics().record_finish(self.retries + 1, ok);
+        metrics::metrics().record_finish(self.retries + 1, ok, self.gave_up);
     }
 }
 

@@ -6,6 +6,7 @@ mod facade {
     use std::collections::HashMap;
     use std::time::Duration;
 
+    use luca_core::retry::BusyCode;
     use luca_core::{Db, Error};
     use luca_testkit::{TempDb, WriteLock};
     use metrics_util::MetricKind;
@@ -49,6 +50,18 @@ mod facade {
             Some(DebugValue::Histogram(v)) => v.iter().map(|x| x.into_inner()).collect(),
             other => panic!("{key}: {other:?} in {f:#?}"),
         }
+    }
+
+    #[luca_core::db_retry(max_retries = 20, delay_ms = 5, jitter = "none")]
+    fn insert(conn: &luca_core::rusqlite::Connection) -> luca_core::Result<()> {
+        conn.execute("INSERT INTO t VALUES (200)", [])?;
+        Ok(())
+    }
+
+    #[luca_core::db_retry(max_retries = 0)]
+    fn insert_no_retry(conn: &luca_core::rusqlite::Connection) -> luca_core::Result<()> {
+        conn.execute("INSERT INTO t VALUES (300)", [])?;
+        Ok(())
     }
 
     /// The only test of this binary that touches the global recorder.
@@ -96,6 +109,17 @@ mod facade {
             .await
             .unwrap();
         release.join().unwrap().unwrap();
+        // A #[db_retry] function that meets a held lock once, then recovers; and one that
+        // gives up.
+        let conn = luca_core::rusqlite::Connection::open(tmp.path()).unwrap();
+        conn.busy_timeout(Duration::ZERO).unwrap();
+        let lock = WriteLock::hold(tmp.path()).unwrap();
+        let release = lock.release_after(Duration::from_millis(30));
+        insert(&conn).unwrap();
+        release.join().unwrap().unwrap();
+        let lock = WriteLock::hold(tmp.path()).unwrap();
+        insert_no_retry(&conn).expect_err("busy, no retries");
+        drop(lock);
         db.close().await.unwrap();
         let stats = db.stats();
 
@@ -149,8 +173,30 @@ mod facade {
             })
             .collect();
         for name in &names {
-            assert!(name.starts_with("luca_db_"), "unexpected metric {name}");
+            assert!(
+                name.starts_with("luca_db_") || name.starts_with("luca_retry_"),
+                "unexpected metric {name}"
+            );
         }
+        // The retry layer's figures match its own counters (the Db's writer retries count
+        // there too: it runs the same schedule).
+        let retry = luca_core::metrics().snapshot();
+        assert_eq!(
+            counter(&f, "counter luca_retry_attempts_total{code=SQLITE_BUSY}"),
+            retry.busy_for(BusyCode::Busy)
+        );
+        assert_eq!(
+            counter(&f, "counter luca_retry_calls_total{outcome=recovered}"),
+            retry.calls_recovered
+        );
+        assert!(retry.calls_recovered >= 1, "{retry:?}");
+        assert_eq!(
+            counter(&f, "counter luca_retry_calls_total{outcome=gave_up}"),
+            retry.calls_gave_up
+        );
+        assert_eq!(retry.calls_gave_up, 1, "{retry:?}");
+        let backoffs = samples(&f, "histogram luca_retry_backoff_seconds{}");
+        assert_eq!(backoffs.len() as u64, retry.retries());
         // No label carries a path, a URL or a host.
         for key in f.keys() {
             assert!(!key.contains('/'), "{key}");

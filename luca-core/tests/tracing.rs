@@ -54,8 +54,20 @@ impl Subscriber for Recorder {
     fn exit(&self, _: &Id) {}
 }
 
+#[luca_core::db_retry(max_retries = 20, delay_ms = 5, jitter = "none")]
+fn insert(conn: &luca_core::rusqlite::Connection) -> luca_core::Result<()> {
+    conn.execute("INSERT INTO t VALUES (1)", [])?;
+    Ok(())
+}
+
+#[luca_core::db_retry(max_retries = 0)]
+fn insert_no_retry(conn: &luca_core::rusqlite::Connection) -> luca_core::Result<()> {
+    conn.execute("INSERT INTO t VALUES (2)", [])?;
+    Ok(())
+}
+
 #[tokio::test]
-async fn db_writes_run_in_batch_spans_and_refusals_are_debug_events() {
+async fn db_and_retry_spans_and_events_have_their_targets_and_levels() {
     let seen = Recorder::default();
     tracing::subscriber::set_global_default(seen.clone()).expect("the only subscriber");
     let tmp = TempDb::new();
@@ -68,6 +80,16 @@ async fn db_writes_run_in_batch_spans_and_refusals_are_debug_events() {
         .await
         .expect_err("refused");
     assert!(matches!(err, Error::Refused { .. }), "{err:?}");
+    // A #[db_retry] function that retries once, and one that gives up at once.
+    let conn = luca_core::rusqlite::Connection::open(tmp.path()).unwrap();
+    conn.busy_timeout(std::time::Duration::ZERO).unwrap();
+    let lock = luca_testkit::WriteLock::hold(tmp.path()).unwrap();
+    let release = lock.release_after(std::time::Duration::from_millis(30));
+    insert(&conn).unwrap();
+    release.join().unwrap().unwrap();
+    let lock = luca_testkit::WriteLock::hold(tmp.path()).unwrap();
+    insert_no_retry(&conn).expect_err("busy");
+    drop(lock);
     db.close().await.unwrap();
 
     let seen = seen.0.lock().unwrap();
@@ -87,6 +109,35 @@ async fn db_writes_run_in_batch_spans_and_refusals_are_debug_events() {
                 && *level == Level::DEBUG
                 && target == "luca_core::db"
                 && msg.contains("refused")),
+        "{seen:#?}"
+    );
+    let retry_spans = seen
+        .iter()
+        .filter(|(kind, level, target, name)| {
+            *kind == "span"
+                && *level == Level::DEBUG
+                && target == "luca_core::retry"
+                && name == "db_retry"
+        })
+        .count();
+    assert_eq!(
+        retry_spans, 1,
+        "one span, for the call that retried: {seen:#?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|(kind, level, target, msg)| *kind == "event"
+                && *level == Level::DEBUG
+                && target == "luca_core::retry"
+                && msg.contains("retrying")),
+        "{seen:#?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|(kind, level, target, msg)| *kind == "event"
+                && *level == Level::WARN
+                && target == "luca_core::retry"
+                && msg.contains("giving up")),
         "{seen:#?}"
     );
     for (_, _, target, _) in seen.iter() {

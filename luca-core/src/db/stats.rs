@@ -291,7 +291,7 @@ pub struct DbStats {
     pub reads: u64,
     /// Busy/locked errors the writer met (from other processes), by code; index with
     /// [`BusyCode::index`]. Serialized as a map from the code's name to its count.
-    #[cfg_attr(feature = "serde", serde(serialize_with = "busy_map"))]
+    #[cfg_attr(feature = "serde", serde(serialize_with = "crate::metrics::by_code"))]
     pub busy_by_code: [u64; BusyCode::COUNT],
     /// Transactions the writer retried after a busy error.
     pub retries: u64,
@@ -328,15 +328,6 @@ pub struct DbStats {
     pub write_latency_ns: Percentiles,
     /// Writes per committed transaction.
     pub group_sizes: Percentiles,
-}
-
-/// `busy_by_code` as `{"SQLITE_BUSY": n, …}`: a reader of the JSON needs no index table.
-#[cfg(feature = "serde")]
-fn busy_map<S: serde::Serializer>(
-    counts: &[u64; BusyCode::COUNT],
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    s.collect_map(BusyCode::ALL.iter().map(|c| (c.name(), counts[c.index()])))
 }
 
 impl DbStats {
