@@ -15,6 +15,21 @@
 //! earlier increment is visible to the later read. No lock is taken by writers or by the
 //! snapshot. The snapshot is not a single instant: requests begun while it reads may
 //! appear without their outcomes (which is true: they are in flight).
+//!
+//! # The `metrics` facade
+//!
+//! With the `metrics` feature, every record also goes to the program's `metrics` recorder
+//! (of every `RunMetrics` of the process together), with few, fixed labels (no URL or host):
+//!
+//! | metric | kind | labels |
+//! |---|---|---|
+//! | `luca_http_requests_total` | counter | |
+//! | `luca_http_responses_total` | counter | `class` = `1xx` … `5xx` |
+//! | `luca_http_too_many_requests_total` | counter | (429s, also in `class="4xx"`) |
+//! | `luca_http_errors_total` | counter | `kind` = `timeout`, `connect`, `body` |
+//! | `luca_http_retries_scheduled_total` | counter | |
+//! | `luca_http_breaker_trips_total` | counter | |
+//! | `luca_http_open_hosts` | gauge | (the last value set) |
 
 use std::fmt;
 
@@ -59,6 +74,7 @@ pub struct RunMetrics {
 
 /// The values of [`RunMetrics`] at one [`RunMetrics::snapshot`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct MetricsSnapshot {
     /// Requests sent.
@@ -111,51 +127,86 @@ impl RunMetrics {
     /// A request is about to be sent. Record it before its outcome.
     pub fn record_request(&self) {
         self.c.incr_requests();
+        #[cfg(feature = "metrics")]
+        metrics::counter!("luca_http_requests_total").increment(1);
     }
 
     /// A response with this status arrived (a status outside 100–599 counts as 5xx, the
     /// server's fault).
     pub fn record_status(&self, status: u16) {
-        match status {
-            100..=199 => self.c.incr_status_1xx(),
-            200..=299 => self.c.incr_status_2xx(),
-            300..=399 => self.c.incr_status_3xx(),
-            400..=499 => self.c.incr_status_4xx(),
-            _ => self.c.incr_status_5xx(),
+        let class = match status {
+            100..=199 => {
+                self.c.incr_status_1xx();
+                "1xx"
+            }
+            200..=299 => {
+                self.c.incr_status_2xx();
+                "2xx"
+            }
+            300..=399 => {
+                self.c.incr_status_3xx();
+                "3xx"
+            }
+            400..=499 => {
+                self.c.incr_status_4xx();
+                "4xx"
+            }
+            _ => {
+                self.c.incr_status_5xx();
+                "5xx"
+            }
         };
+        #[cfg(feature = "metrics")]
+        metrics::counter!("luca_http_responses_total", "class" => class).increment(1);
+        #[cfg(not(feature = "metrics"))]
+        let _ = class;
         if status == 429 {
             self.c.incr_too_many_requests();
+            #[cfg(feature = "metrics")]
+            metrics::counter!("luca_http_too_many_requests_total").increment(1);
         }
     }
 
     /// A request timed out.
     pub fn record_timeout(&self) {
         self.c.incr_timeouts();
+        #[cfg(feature = "metrics")]
+        metrics::counter!("luca_http_errors_total", "kind" => "timeout").increment(1);
     }
 
     /// A request could not connect.
     pub fn record_connect_error(&self) {
         self.c.incr_connect_errors();
+        #[cfg(feature = "metrics")]
+        metrics::counter!("luca_http_errors_total", "kind" => "connect").increment(1);
     }
 
     /// A response body could not be read (after its status was recorded).
     pub fn record_body_error(&self) {
         self.c.incr_body_errors();
+        #[cfg(feature = "metrics")]
+        metrics::counter!("luca_http_errors_total", "kind" => "body").increment(1);
     }
 
     /// A retry was scheduled.
     pub fn record_retry_scheduled(&self) {
         self.c.incr_retries_scheduled();
+        #[cfg(feature = "metrics")]
+        metrics::counter!("luca_http_retries_scheduled_total").increment(1);
     }
 
     /// A host's breaker opened.
     pub fn record_breaker_trip(&self) {
         self.c.incr_breaker_trips();
+        #[cfg(feature = "metrics")]
+        metrics::counter!("luca_http_breaker_trips_total").increment(1);
     }
 
     /// Sets the open-hosts gauge (e.g. from [`HostBreaker::open_hosts`](crate::breaker::HostBreaker::open_hosts)).
     pub fn set_open_hosts(&self, n: u64) {
         self.c.set_open_hosts(n);
+        #[cfg(feature = "metrics")]
+        metrics::gauge!("luca_http_open_hosts").set(n as f64);
     }
 
     /// The counters now; see the module docs for what is guaranteed across counters.
