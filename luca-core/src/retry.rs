@@ -663,19 +663,7 @@ impl Schedule<'static> {
         location: &'static Location<'static>,
         hook: Option<RetryHook>,
     ) -> Self {
-        Schedule {
-            policy,
-            _policy: std::marker::PhantomData,
-            function,
-            location,
-            hook,
-            retries: 0,
-            previous: policy.delay,
-            slept: Duration::ZERO,
-            started: None,
-            span: None,
-            gave_up: false,
-        }
+        Schedule::begin(policy, function, location, hook)
     }
 }
 
@@ -688,8 +676,17 @@ impl<'p> Schedule<'p> {
         location: &'static Location<'static>,
         hook: Option<RetryHook>,
     ) -> Self {
+        Schedule::begin(*policy, function, location, hook)
+    }
+
+    const fn begin(
+        policy: RetryPolicy,
+        function: &'static str,
+        location: &'static Location<'static>,
+        hook: Option<RetryHook>,
+    ) -> Self {
         Schedule {
-            policy: *policy,
+            policy,
             _policy: std::marker::PhantomData,
             function,
             location,
