@@ -31,11 +31,32 @@
 //! cargo run --release --example scraper
 //! cargo run --release --example scraper -- --pages 20 --tasks 32 --db crawl.db
 //! ```
+//!
+//! ## A dashboard: `--metrics-addr` and `--serve-after`
+//!
+//! With `--metrics-addr 127.0.0.1:PORT` the scraper installs a `metrics-exporter-prometheus`
+//! recorder for the whole process (once, and only with this flag) and serves its Prometheus
+//! text over HTTP on that address, at any path (`/metrics` by convention), while it crawls:
+//! the `Db`'s `luca_db_*` figures (commits, writes by outcome, queue depth, write latency,
+//! lock wait, group size, busy errors, checkpoints) and the `luca_retry_*` figures of the
+//! `#[db_retry]` calls (see luca-core's README, "Observability"). Latencies are histograms
+//! with buckets from 50 µs to 10 s, `luca_db_group_size` one with buckets from 1 to 1024.
+//! The address must be a loopback one (the examples never listen beyond the machine);
+//! port 0 lets the system choose, and the line `metrics: Prometheus text at
+//! http://ADDR/metrics` names the address bound, before the crawl starts.
+//! `--serve-after SECS` keeps serving that long after the report (the figures stay as the
+//! crawl left them), so that a person or a Prometheus server can scrape the final state:
+//!
+//! ```text
+//! cargo run --release --example scraper -- --metrics-addr 127.0.0.1:9898 --serve-after 60
+//! curl -s http://127.0.0.1:9898/metrics | grep '^luca_db_'
+//! ```
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::error::Error as StdError;
 use std::ffi::OsString;
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -49,6 +70,7 @@ use luca_http::{
     Politeness, RetryQueue,
 };
 use luca_testkit::{HttpStub, Reply, TempDb};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -71,11 +93,21 @@ const QUEUE_TABLE: &str = "scraper_retry_queue";
 
 const USAGE: &str = "\
 usage: scraper [--pages N] [--tasks N] [--db PATH] [--deadline SECS]
+               [--metrics-addr 127.0.0.1:PORT [--serve-after SECS]]
 
-  --pages N        pages per host (1 to 1000, default 8)
-  --tasks N        concurrent fetch tasks (1 to 1024, default 16)
-  --db PATH        the crawl's SQLite file (default: a temporary file, removed at exit)
-  --deadline SECS  give up the crawl after this long (1 to 3600, default 60)";
+  --pages N              pages per host (1 to 1000, default 8)
+  --tasks N              concurrent fetch tasks (1 to 1024, default 16)
+  --db PATH              the crawl's SQLite file (default: a temporary file, removed at exit)
+  --deadline SECS        give up the crawl after this long (1 to 3600, default 60)
+  --metrics-addr ADDR    serve the process's figures (luca_db_*, luca_retry_*) as Prometheus
+                         text over HTTP on ADDR, a loopback address and port (port 0: any
+                         free port; the address bound is printed)
+  --serve-after SECS     with --metrics-addr: keep serving this long after the report
+                         (0 to 3600, default 0)";
+
+/// How many free ports `--metrics-addr 127.0.0.1:0` tries, should another program take the
+/// one found between its probe and the exporter's bind.
+const BIND_TRIES: usize = 8;
 
 /// The command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +120,10 @@ pub(crate) struct Config {
     pub(crate) db: Option<PathBuf>,
     /// The crawl's time bound.
     pub(crate) deadline: Duration,
+    /// Where to serve Prometheus text (a loopback address); `None`: no recorder, no listener.
+    pub(crate) metrics_addr: Option<SocketAddr>,
+    /// How long to keep serving it after the report.
+    pub(crate) serve_after: Duration,
 }
 
 impl Default for Config {
@@ -97,6 +133,8 @@ impl Default for Config {
             tasks: 16,
             db: None,
             deadline: Duration::from_secs(60),
+            metrics_addr: None,
+            serve_after: Duration::ZERO,
         }
     }
 }
@@ -121,10 +159,77 @@ pub(crate) fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Con
                 cfg.deadline = Duration::from_secs(number(&arg, value(&arg)?, 1, 3600)? as u64);
             }
             "--db" => cfg.db = Some(PathBuf::from(value(&arg)?)),
+            "--metrics-addr" => cfg.metrics_addr = Some(loopback(&arg, value(&arg)?)?),
+            "--serve-after" => {
+                cfg.serve_after = Duration::from_secs(number(&arg, value(&arg)?, 0, 3600)? as u64);
+            }
             _ => return Err(format!("unknown argument `{arg}`\n\n{USAGE}")),
         }
     }
+    if cfg.metrics_addr.is_none() && !cfg.serve_after.is_zero() {
+        return Err(format!(
+            "`--serve-after` needs `--metrics-addr` (there is nothing to serve without it)\n\n{USAGE}"
+        ));
+    }
     Ok(cfg)
+}
+
+/// A `--metrics-addr` value: an IP address and port, the address a loopback one.
+fn loopback(name: &str, v: OsString) -> Result<SocketAddr, String> {
+    let s = v.to_string_lossy();
+    match s.parse::<SocketAddr>() {
+        Ok(addr) if addr.ip().is_loopback() => Ok(addr),
+        Ok(addr) => Err(format!(
+            "`{name}` takes a loopback address such as 127.0.0.1:9898, not `{addr}` \
+             (the examples never listen beyond this machine)\n\n{USAGE}"
+        )),
+        Err(_) => Err(format!(
+            "`{name}` takes an IP address and port such as 127.0.0.1:9898 (port 0: any free \
+             port), not `{s}`\n\n{USAGE}"
+        )),
+    }
+}
+
+/// Installs the process's `metrics` recorder, a Prometheus one, and serves its text over
+/// HTTP on `addr` from the current tokio runtime; returns the address bound. Call it once
+/// per process, inside the runtime.
+///
+/// The exporter binds the address itself, so for port 0 a free port is found first (bound
+/// and let go at once) and handed to it; should another program take that port in between,
+/// the exporter's bind fails before anything is installed, and another port is tried.
+pub(crate) fn serve_metrics(addr: SocketAddr) -> Result<SocketAddr, BoxError> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let target = if addr.port() == 0 {
+            std::net::TcpListener::bind(addr)?.local_addr()?
+        } else {
+            addr
+        };
+        // Histograms rather than the default summaries: their buckets add up across
+        // scrapes and processes, as a dashboard's rates and quantiles need.
+        let builder = PrometheusBuilder::new()
+            .with_http_listener(target)
+            .set_buckets_for_metric(
+                Matcher::Suffix("_seconds".into()),
+                &[
+                    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
+                    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ],
+            )?
+            .set_buckets_for_metric(
+                Matcher::Full("luca_db_group_size".into()),
+                &[
+                    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+                ],
+            )?;
+        match builder.install() {
+            Ok(()) => return Ok(target),
+            Err(BuildError::FailedToCreateHTTPListener(_))
+                if addr.port() == 0 && tries < BIND_TRIES => {}
+            Err(e) => return Err(format!("cannot serve metrics on {target}: {e}").into()),
+        }
+    }
 }
 
 fn number(name: &str, v: OsString, min: usize, max: usize) -> Result<usize, String> {
@@ -146,9 +251,26 @@ pub(crate) async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let metrics_at = match cfg.metrics_addr.map(serve_metrics).transpose() {
+        Ok(at) => at,
+        Err(e) => {
+            eprintln!("scraper: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(at) = metrics_at {
+        println!("metrics: Prometheus text at http://{at}/metrics");
+    }
     match run(&cfg).await {
         Ok(report) => {
             print!("{}", report.text);
+            if let Some(at) = metrics_at.filter(|_| !cfg.serve_after.is_zero()) {
+                println!(
+                    "metrics: serving http://{at}/metrics for {} s more",
+                    cfg.serve_after.as_secs()
+                );
+                tokio::time::sleep(cfg.serve_after).await;
+            }
             if report.passed() {
                 ExitCode::SUCCESS
             } else {
