@@ -44,11 +44,11 @@ use crate::shard::{Padded, host_hash, later, lock, shard_index};
 /// Settings of [`Politeness`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoliteConfig {
-    per_host: usize,
-    min_delay: Duration,
-    jitter: Duration,
-    idle_ttl: Duration,
-    shards: usize,
+    pub(crate) per_host: usize,
+    pub(crate) min_delay: Duration,
+    pub(crate) jitter: Duration,
+    pub(crate) idle_ttl: Duration,
+    pub(crate) shards: usize,
 }
 
 impl Default for PoliteConfig {
