@@ -221,6 +221,15 @@ impl HostKey {
         }
     }
 
+    /// The key's bytes (no UTF-8 check).
+    #[inline]
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match self {
+            HostKey::Inline { len, buf } => &buf[..*len as usize],
+            HostKey::Shared(s) => s.as_bytes(),
+        }
+    }
+
     #[inline]
     pub(crate) fn is(&self, host: &str) -> bool {
         match self {

@@ -46,7 +46,6 @@ use std::time::Duration;
 
 use hashbrown::HashTable;
 use tokio::sync::Notify;
-use tokio::sync::futures::OwnedNotified;
 use tokio::time::Instant;
 
 use crate::breaker::{BreakerConfig, HostKey, Open};
@@ -486,7 +485,7 @@ impl Inner {
         if now.saturating_sub(shard.last_sweep) >= duration_ticks(self.idle_ttl / 4) {
             self.sweep_shard(shard, now);
         }
-        let e = match shard.map.find_mut(hash, |e| e.key.is(host)) {
+        let e = match shard.map.find_mut(hash, |e| same(&e.key, host.as_ref())) {
             Some(e) => e,
             None => {
                 let flags = CLOSED | if self.breaker.is_api(host) { API } else { 0 };
@@ -555,12 +554,12 @@ impl Inner {
     /// Counts a waiter for `host` (whose entry exists: `admit` just saw it) and gives the
     /// `Notify` it waits on.
     fn wait(&self, shard: &mut Shard, hash: u64, host: &str) -> Arc<Notify> {
-        if let Some(e) = shard.map.find_mut(hash, |e| e.key.is(host)) {
+        if let Some(e) = shard.map.find_mut(hash, |e| same(&e.key, host.as_ref())) {
             e.flags |= WAITERS;
         }
         if let Some(w) = shard
             .waits
-            .find_mut(hash, |w| w.hash == hash && w.key.is(host))
+            .find_mut(hash, |w| w.hash == hash && same(&w.key, host.as_ref()))
         {
             w.count += 1;
             return w.notify.clone();
@@ -582,10 +581,10 @@ impl Inner {
     /// Uncounts a waiter. If others still wait and a slot is free (this waiter may have
     /// been given the wake-up of that slot and is leaving without it), wakes one of them.
     fn unwait(&self, shard: &mut Shard, hash: u64, key: &HostKey) {
-        let host = key.as_str();
+        let host = key.bytes();
         let (left, notify) = match shard
             .waits
-            .find_entry(hash, |w| w.hash == hash && w.key.is(host))
+            .find_entry(hash, |w| w.hash == hash && same(&w.key, host.as_ref()))
         {
             Ok(mut w) => {
                 let wait = w.get_mut();
@@ -599,7 +598,7 @@ impl Inner {
             }
             Err(_) => (0, None),
         };
-        if let Some(e) = shard.map.find_mut(hash, |e| e.key.is(host)) {
+        if let Some(e) = shard.map.find_mut(hash, |e| same(&e.key, host.as_ref())) {
             if left == 0 {
                 e.flags &= !WAITERS;
             } else if e.in_use < self.per_host
@@ -620,16 +619,18 @@ impl Inner {
         };
         // Only a verdict needs the time: a success on a closed host reads no clock.
         let now = failure.map(|_| Instant::now());
-        let host = key.as_str();
+        let host = key.bytes();
         let mut guard = lock(self.shard(hash));
         let shard = &mut *guard;
-        let Some(e) = shard.map.find_mut(hash, |e| e.key.is(host)) else {
+        let Some(e) = shard.map.find_mut(hash, |e| same(&e.key, host.as_ref())) else {
             // Not evictable while a permit holds a slot: cannot happen.
             return;
         };
         e.in_use = e.in_use.saturating_sub(1);
         if e.flags & WAITERS != 0
-            && let Some(w) = shard.waits.find(hash, |w| w.hash == hash && w.key.is(host))
+            && let Some(w) = shard
+                .waits
+                .find(hash, |w| w.hash == hash && same(&w.key, host.as_ref()))
         {
             w.notify.notify_one();
         }
@@ -739,6 +740,12 @@ impl Inner {
             shard.waits.shrink_to(n, |w| w.hash);
         }
     }
+}
+
+/// Whether `key` is `host` (bytes compared: no UTF-8 check).
+#[inline]
+fn same(key: &HostKey, host: &[u8]) -> bool {
+    key.bytes() == host
 }
 
 fn duration_ticks(d: Duration) -> u64 {
