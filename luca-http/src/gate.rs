@@ -101,10 +101,13 @@ struct Wait {
     notify: Arc<Notify>,
 }
 
+/// In declaration order, so what every access reads (the lock, the table, the last sweep)
+/// shares the lock's cache line; the waiters' table comes after.
+#[repr(C)]
 struct Shard {
     map: HashTable<Entry>,
-    waits: HashTable<Wait>,
     last_sweep: u64,
+    waits: HashTable<Wait>,
 }
 
 struct Inner {
