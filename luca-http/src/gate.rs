@@ -488,7 +488,7 @@ impl Inner {
         if now.saturating_sub(shard.last_sweep) >= duration_ticks(self.idle_ttl / 4) {
             self.sweep_shard(shard, now);
         }
-        let e = match shard.map.find_mut(hash, |e| same(&e.key, host.as_ref())) {
+        let e = match shard.map.find_mut(hash, |e| same(&e.key, host.as_bytes())) {
             Some(e) => e,
             None => {
                 let flags = CLOSED | if self.breaker.is_api(host) { API } else { 0 };
@@ -557,12 +557,12 @@ impl Inner {
     /// Counts a waiter for `host` (whose entry exists: `admit` just saw it) and gives the
     /// `Notify` it waits on.
     fn wait(&self, shard: &mut Shard, hash: u64, host: &str) -> Arc<Notify> {
-        if let Some(e) = shard.map.find_mut(hash, |e| same(&e.key, host.as_ref())) {
+        if let Some(e) = shard.map.find_mut(hash, |e| same(&e.key, host.as_bytes())) {
             e.flags |= WAITERS;
         }
         if let Some(w) = shard
             .waits
-            .find_mut(hash, |w| w.hash == hash && same(&w.key, host.as_ref()))
+            .find_mut(hash, |w| w.hash == hash && same(&w.key, host.as_bytes()))
         {
             w.count += 1;
             return w.notify.clone();
@@ -587,7 +587,7 @@ impl Inner {
         let host = key.bytes();
         let (left, notify) = match shard
             .waits
-            .find_entry(hash, |w| w.hash == hash && same(&w.key, host.as_ref()))
+            .find_entry(hash, |w| w.hash == hash && same(&w.key, host))
         {
             Ok(mut w) => {
                 let wait = w.get_mut();
@@ -601,7 +601,7 @@ impl Inner {
             }
             Err(_) => (0, None),
         };
-        if let Some(e) = shard.map.find_mut(hash, |e| same(&e.key, host.as_ref())) {
+        if let Some(e) = shard.map.find_mut(hash, |e| same(&e.key, host)) {
             if left == 0 {
                 e.flags &= !WAITERS;
             } else if e.in_use < self.per_host
@@ -625,7 +625,7 @@ impl Inner {
         let host = key.bytes();
         let mut guard = lock(self.shard(hash));
         let shard = &mut *guard;
-        let Some(e) = shard.map.find_mut(hash, |e| same(&e.key, host.as_ref())) else {
+        let Some(e) = shard.map.find_mut(hash, |e| same(&e.key, host)) else {
             // Not evictable while a permit holds a slot: cannot happen.
             return;
         };
@@ -633,7 +633,7 @@ impl Inner {
         if e.flags & WAITERS != 0
             && let Some(w) = shard
                 .waits
-                .find(hash, |w| w.hash == hash && same(&w.key, host.as_ref()))
+                .find(hash, |w| w.hash == hash && same(&w.key, host))
         {
             w.notify.notify_one();
         }
