@@ -12,7 +12,9 @@
 //! Politeness keeps its own table, apart from [`HostBreaker`](crate::breaker::HostBreaker)'s:
 //! the breaker's state is a few words changed under a short lock, politeness holds a
 //! slot count that tasks wait on for a long time; keeping them apart lets each evict on its
-//! own rule and costs one more sharded lookup per request.
+//! own rule and costs one more sharded lookup per request. [`HostGate`](crate::HostGate)
+//! keeps both in one table (one lookup, one cache line per host) for callers that always
+//! use the two together.
 //!
 //! # Cost
 //!
