@@ -444,3 +444,46 @@ async fn duration_max_settings_do_not_panic() {
     g.sweep();
     assert_eq!(g.tracked_hosts(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn waiters_on_other_threads_all_learn_that_the_host_opened() {
+    let g = gate(
+        BreakerConfig::default(),
+        PoliteConfig::default().per_host(2),
+    );
+    let held = g.try_acquire("example.org").expect("closed");
+    let other = g.try_acquire("example.org").expect("closed");
+    let waiting = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let (g, waiting) = (g.clone(), waiting.clone());
+            tokio::spawn(async move {
+                waiting.fetch_add(1, Ordering::SeqCst);
+                g.acquire("example.org").await.map(|p| p.success())
+            })
+        })
+        .collect();
+    // Every task has started (and is waiting, or about to ask); then one request fails:
+    // the host opens, and the one slot it frees wakes one waiter, which must pass the
+    // news on to the next, and so on (the other slot stays held throughout).
+    tokio::time::timeout(S(10), async {
+        while waiting.load(Ordering::SeqCst) < 100 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("tasks started");
+    held.failure(None);
+    for t in tasks {
+        let got = tokio::time::timeout(S(10), t)
+            .await
+            .expect("no waiter is left asleep")
+            .expect("task");
+        assert!(got.is_err(), "the host is open: {got:?}");
+    }
+    other.success();
+    assert!(matches!(
+        g.try_acquire("example.org"),
+        Err(Refused::Open(_))
+    ));
+}
