@@ -52,14 +52,14 @@ type ApiPredicate = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 /// Settings of a [`HostBreaker`].
 #[derive(Clone)]
 pub struct BreakerConfig {
-    base: Duration,
-    api_base: Duration,
-    max: Duration,
-    api_hosts: Vec<String>,
-    api_predicate: Option<ApiPredicate>,
-    probe_deadline: Duration,
-    idle_ttl: Duration,
-    shards: usize,
+    pub(crate) base: Duration,
+    pub(crate) api_base: Duration,
+    pub(crate) max: Duration,
+    pub(crate) api_hosts: Vec<String>,
+    pub(crate) api_predicate: Option<ApiPredicate>,
+    pub(crate) probe_deadline: Duration,
+    pub(crate) idle_ttl: Duration,
+    pub(crate) shards: usize,
 }
 
 impl std::fmt::Debug for BreakerConfig {
@@ -140,7 +140,7 @@ impl BreakerConfig {
         self
     }
 
-    fn is_api(&self, host: &str) -> bool {
+    pub(crate) fn is_api(&self, host: &str) -> bool {
         self.api_hosts.iter().any(|h| h == host)
             || self.api_predicate.as_ref().is_some_and(|f| f(host))
     }
@@ -218,6 +218,15 @@ impl HostKey {
                 std::str::from_utf8(&buf[..*len as usize]).unwrap_or("")
             }
             HostKey::Shared(s) => s,
+        }
+    }
+
+    /// The key's bytes (no UTF-8 check).
+    #[inline]
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match self {
+            HostKey::Inline { len, buf } => &buf[..*len as usize],
+            HostKey::Shared(s) => s.as_bytes(),
         }
     }
 

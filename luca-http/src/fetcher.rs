@@ -49,6 +49,11 @@
 //!    `until` (if a [`RetryQueue`] is configured, whatever the method: nothing was sent).
 //! 2. **Politeness**: [`Politeness::acquire`] waits for a slot of the host (async,
 //!    cancellation-safe); the slot is held until the body has been read.
+//!
+//!    With a [`HostGate`] ([`FetcherConfig::gate`]) steps 1 and 2 are one:
+//!    [`HostGate::acquire`] checks the breaker and takes a slot under one lookup (an open
+//!    host, also one that opens while the fetch waits for a slot, gives `HostOpen` as
+//!    above); the gate's permit holds the slot until the verdict.
 //! 3. **Send** with the client, [`RunMetrics::record_request`] first.
 //! 4. **Classify** (see [`FetchOutcome`]) and record in the metrics: the status
 //!    ([`RunMetrics::record_status`]), or a timeout, a connect error, a body error.
@@ -93,9 +98,10 @@
 //!
 //! Dropping a fetch future is safe at any point. While it waits for a politeness slot it
 //! holds nothing and has sent nothing (no request is counted). Once sent, dropping it
-//! frees the slot and drops the breaker permit: on a closed host that records nothing
-//! (the caller cancelled, the host did not fail), a half-open probe counts as a failure
-//! (see [`breaker`]); the request stays counted in
+//! frees the slot and drops the breaker permit (with a gate: the gate's permit, which
+//! does both): on a closed host that records nothing (the caller cancelled, the host did
+//! not fail), a half-open probe counts as a failure (see [`breaker`]); the request stays
+//! counted in
 //! [`MetricsSnapshot::requests`](crate::MetricsSnapshot::requests) without an outcome, and
 //! nothing is scheduled. A trip caused by a dropped probe reaches the metrics at the next
 //! fetch, which copies the breaker's counts.
@@ -120,8 +126,9 @@ use tokio::time::Instant;
 
 use crate::breaker::{self, HostBreaker, Open, authority};
 use crate::client::ClientError;
+use crate::gate::{GatePermit, HostGate};
 use crate::metrics::RunMetrics;
-use crate::polite::Politeness;
+use crate::polite::{Politeness, Slot};
 use crate::retry_queue::{RetryQueue, Scheduled};
 
 /// Which requests get a retry scheduled after a retryable outcome.
@@ -387,6 +394,7 @@ pub struct FetcherConfig {
     client: Option<reqwest::Client>,
     breaker: Option<HostBreaker>,
     polite: Option<Politeness>,
+    gate: Option<HostGate>,
     metrics: Option<Arc<RunMetrics>>,
     queue: Option<RetryQueue>,
     backoff: Backoff,
@@ -408,6 +416,14 @@ impl FetcherConfig {
     /// The politeness (default: [`Politeness::default`], 8 per host).
     pub fn politeness(mut self, p: Politeness) -> Self {
         self.polite = Some(p);
+        self
+    }
+    /// Check the breaker and politeness through one [`HostGate`] (one table, one lookup
+    /// per request) instead of a [`HostBreaker`] and a [`Politeness`]: the breaker and
+    /// politeness given to this builder are then not used (and [`Fetcher::breaker`],
+    /// [`Fetcher::politeness`] are idle defaults). Pass a clone to share it.
+    pub fn gate(mut self, g: HostGate) -> Self {
+        self.gate = Some(g);
         self
     }
     /// The metrics (default: fresh ones, read with [`Fetcher::metrics`]).
@@ -447,12 +463,16 @@ impl FetcherConfig {
             None => crate::client::client().await?,
         };
         let breaker = self.breaker.unwrap_or_default();
-        let trips_seen = AtomicU64::new(breaker.trips());
+        let trips_seen = AtomicU64::new(match &self.gate {
+            Some(g) => g.trips(),
+            None => breaker.trips(),
+        });
         Ok(Fetcher {
             inner: Arc::new(Inner {
                 client,
                 breaker,
                 polite: self.polite.unwrap_or_default(),
+                gate: self.gate,
                 metrics: self.metrics.unwrap_or_default(),
                 queue: self.queue,
                 backoff: self.backoff,
@@ -464,6 +484,38 @@ impl FetcherConfig {
                 trips_seen,
             }),
         })
+    }
+}
+
+/// A request's admission: a breaker permit and a politeness slot, or a gate permit
+/// (which holds both). A verdict frees the slot, then records the outcome.
+enum Pass<'a> {
+    Split {
+        permit: breaker::Permit<'a>,
+        slot: Slot,
+    },
+    Gate(GatePermit<'a>),
+}
+
+impl Pass<'_> {
+    fn success(self) {
+        match self {
+            Pass::Split { permit, slot } => {
+                drop(slot);
+                permit.success();
+            }
+            Pass::Gate(p) => p.success(),
+        }
+    }
+
+    fn failure(self, retry_after: Option<Duration>) {
+        match self {
+            Pass::Split { permit, slot } => {
+                drop(slot);
+                permit.failure(retry_after);
+            }
+            Pass::Gate(p) => p.failure(retry_after),
+        }
     }
 }
 
@@ -496,6 +548,7 @@ struct Inner {
     client: reqwest::Client,
     breaker: HostBreaker,
     polite: Politeness,
+    gate: Option<HostGate>,
     metrics: Arc<RunMetrics>,
     queue: Option<RetryQueue>,
     backoff: Backoff,
@@ -517,6 +570,7 @@ impl fmt::Debug for Fetcher {
         f.debug_struct("Fetcher")
             .field("breaker", &self.inner.breaker)
             .field("politeness", &self.inner.polite)
+            .field("gate", &self.inner.gate)
             .field(
                 "retry_queue",
                 &self.inner.queue.as_ref().map(RetryQueue::len),
@@ -544,6 +598,10 @@ impl Fetcher {
     /// The politeness.
     pub fn politeness(&self) -> &Politeness {
         &self.inner.polite
+    }
+    /// The gate, if the fetcher was given one (see [`FetcherConfig::gate`]).
+    pub fn gate(&self) -> Option<&HostGate> {
+        self.inner.gate.as_ref()
     }
     /// The metrics.
     pub fn metrics(&self) -> &Arc<RunMetrics> {
@@ -586,7 +644,7 @@ impl Fetcher {
         let may_retry = retry.allows(req.method());
         let host = authority(&url);
 
-        let permit = match inner.breaker.check(&host) {
+        let permit = match self.admit(&host).await {
             Ok(p) => p,
             Err(Open { until }) => {
                 self.sync_breaker();
@@ -598,14 +656,11 @@ impl Fetcher {
                 return FetchOutcome::HostOpen { until, retry_at };
             }
         };
-        self.sync_breaker();
-        let slot = inner.polite.acquire(&host).await;
         inner.metrics.record_request();
 
         let resp = match inner.client.execute(req).await {
             Ok(r) => r,
             Err(error) => {
-                drop(slot);
                 if error.is_builder() || error.is_redirect() {
                     permit.success();
                     self.sync_breaker();
@@ -637,7 +692,6 @@ impl Fetcher {
             let final_url = resp.url().clone();
             let headers = resp.headers().clone();
             let body = read_body(resp, inner.max_body).await;
-            drop(slot);
             return match body {
                 Ok(body) => {
                     permit.success();
@@ -671,7 +725,6 @@ impl Fetcher {
         }
         let headers = resp.headers().clone();
         drop(resp);
-        drop(slot);
 
         let retryable = status == StatusCode::TOO_MANY_REQUESTS
             || status.is_server_error()
@@ -728,18 +781,34 @@ impl Fetcher {
         }
     }
 
+    /// The breaker check and a politeness slot: through the gate in one step, or the
+    /// breaker's permit first (its counts copied to the metrics), then a slot.
+    async fn admit(&self, host: &str) -> Result<Pass<'_>, Open> {
+        let inner = &*self.inner;
+        if let Some(gate) = &inner.gate {
+            return gate.acquire(host).await.map(Pass::Gate);
+        }
+        let permit = inner.breaker.check(host)?;
+        self.sync_breaker();
+        let slot = inner.polite.acquire(host).await;
+        Ok(Pass::Split { permit, slot })
+    }
+
     /// Copies the breaker's new trips and its open-hosts gauge into the metrics; each
     /// trip is recorded exactly once however many tasks sync at once.
     fn sync_breaker(&self) {
         let inner = &*self.inner;
-        let now = inner.breaker.trips();
+        let (now, open) = match &inner.gate {
+            Some(g) => (g.trips(), g.open_hosts()),
+            None => (inner.breaker.trips(), inner.breaker.open_hosts()),
+        };
         let prev = inner.trips_seen.fetch_max(now, Ordering::AcqRel);
         for _ in prev..now {
             inner.metrics.record_breaker_trip();
         }
         inner
             .metrics
-            .set_open_hosts(u64::try_from(inner.breaker.open_hosts()).unwrap_or(u64::MAX));
+            .set_open_hosts(u64::try_from(open).unwrap_or(u64::MAX));
     }
 
     /// Schedules the retry of a retryable failure, if allowed; the due time.

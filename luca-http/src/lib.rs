@@ -3,6 +3,7 @@
 pub mod breaker;
 pub mod client;
 pub mod fetcher;
+pub mod gate;
 pub mod metrics;
 pub mod polite;
 pub mod retry_queue;
@@ -11,6 +12,7 @@ mod shard;
 pub use breaker::{BreakerConfig, HostBreaker, Open, Permit};
 pub use client::{ClientConfig, ClientError, InsecureTls, client, configure, insecure_client};
 pub use fetcher::{Backoff, FetchOutcome, Fetched, Fetcher, FetcherConfig, Retry};
+pub use gate::{GatePermit, HostGate, Refused};
 pub use metrics::{MetricsSnapshot, RunMetrics};
 pub use polite::{PoliteConfig, Politeness, Slot};
 pub use retry_queue::{RetryQueue, RetryQueueError, Scheduled};

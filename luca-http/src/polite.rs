@@ -12,7 +12,9 @@
 //! Politeness keeps its own table, apart from [`HostBreaker`](crate::breaker::HostBreaker)'s:
 //! the breaker's state is a few words changed under a short lock, politeness holds a
 //! slot count that tasks wait on for a long time; keeping them apart lets each evict on its
-//! own rule and costs one more sharded lookup per request.
+//! own rule and costs one more sharded lookup per request. [`HostGate`](crate::HostGate)
+//! keeps both in one table (one lookup, one cache line per host) for callers that always
+//! use the two together.
 //!
 //! # Cost
 //!
@@ -44,11 +46,11 @@ use crate::shard::{Padded, host_hash, later, lock, shard_index};
 /// Settings of [`Politeness`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoliteConfig {
-    per_host: usize,
-    min_delay: Duration,
-    jitter: Duration,
-    idle_ttl: Duration,
-    shards: usize,
+    pub(crate) per_host: usize,
+    pub(crate) min_delay: Duration,
+    pub(crate) jitter: Duration,
+    pub(crate) idle_ttl: Duration,
+    pub(crate) shards: usize,
 }
 
 impl Default for PoliteConfig {
