@@ -45,7 +45,7 @@ use std::time::{Duration, SystemTime};
 use hashbrown::HashTable;
 use tokio::time::Instant;
 
-use crate::shard::{Padded, host_hash, later, lock, shard_index};
+use crate::shard::{Padded, host_hash, later, lock, log_transition, shard_index};
 
 type ApiPredicate = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
@@ -483,10 +483,16 @@ impl Inner {
             && now >= deadline
         {
             e.failures = e.failures.saturating_add(1);
-            e.state = State::Open {
-                until: deadline + self.cfg.penalty(e.api, e.failures),
-            };
+            let until = deadline + self.cfg.penalty(e.api, e.failures);
+            e.state = State::Open { until };
             self.trips.fetch_add(1, Ordering::Relaxed);
+            log_transition(
+                e.key.as_str(),
+                "half-open (probe past its deadline)",
+                "open",
+                e.failures,
+                Some(until.saturating_duration_since(now)),
+            );
         }
     }
 
@@ -542,11 +548,19 @@ impl Inner {
                 e.state = State::Open { until };
                 self.trips.fetch_add(1, Ordering::Relaxed);
                 self.open_hosts.fetch_add(1, Ordering::Relaxed);
+                log_transition(
+                    host,
+                    "closed",
+                    "open",
+                    1,
+                    Some(until.saturating_duration_since(now)),
+                );
             }
             (State::HalfOpen { probe, .. }, Kind::Probe(p), None) if probe == p => {
                 e.failures = 0;
                 e.state = State::Closed;
                 self.open_hosts.fetch_sub(1, Ordering::Relaxed);
+                log_transition(host, "half-open", "closed", 0, None);
             }
             (State::HalfOpen { probe, .. }, Kind::Probe(p), Some(ra)) if probe == p => {
                 e.failures = e.failures.saturating_add(1);
@@ -558,6 +572,13 @@ impl Inner {
                 );
                 e.state = State::Open { until };
                 self.trips.fetch_add(1, Ordering::Relaxed);
+                log_transition(
+                    host,
+                    "half-open",
+                    "open",
+                    e.failures,
+                    Some(until.saturating_duration_since(now)),
+                );
             }
             (State::Open { until }, _, Some(Some(ra))) => {
                 // A late failure while open: only a longer Retry-After matters.

@@ -50,7 +50,7 @@ use tokio::time::Instant;
 
 use crate::breaker::{BreakerConfig, HostKey, Open};
 use crate::polite::PoliteConfig;
-use crate::shard::{Padded, host_hash, later, lock, shard_index};
+use crate::shard::{Padded, host_hash, later, lock, log_transition, shard_index};
 
 /// Breaker states, in the low two bits of [`Entry::flags`].
 const CLOSED: u8 = 0;
@@ -654,6 +654,13 @@ impl Inner {
             e.until = self.ticks(until);
             e.set_state(OPEN);
             self.trips.fetch_add(1, Ordering::Relaxed);
+            log_transition(
+                e.key.as_str(),
+                "half-open (probe past its deadline)",
+                "open",
+                u32::from(e.failures),
+                Some(until.saturating_duration_since(self.instant(now))),
+            );
         }
     }
 
@@ -682,11 +689,19 @@ impl Inner {
                 e.set_state(OPEN);
                 self.trips.fetch_add(1, Ordering::Relaxed);
                 self.open_hosts.fetch_add(1, Ordering::Relaxed);
+                log_transition(
+                    e.key.as_str(),
+                    "closed",
+                    "open",
+                    1,
+                    Some(until.saturating_duration_since(now_i)),
+                );
             }
             (HALF_OPEN, Kind::Probe(p), None) if e.probe == p => {
                 e.failures = 0;
                 e.set_state(CLOSED);
                 self.open_hosts.fetch_sub(1, Ordering::Relaxed);
+                log_transition(e.key.as_str(), "half-open", "closed", 0, None);
             }
             (HALF_OPEN, Kind::Probe(p), Some(ra)) if e.probe == p => {
                 e.failures = e.failures.saturating_add(1);
@@ -699,6 +714,13 @@ impl Inner {
                 e.until = self.ticks(until);
                 e.set_state(OPEN);
                 self.trips.fetch_add(1, Ordering::Relaxed);
+                log_transition(
+                    e.key.as_str(),
+                    "half-open",
+                    "open",
+                    u32::from(e.failures),
+                    Some(until.saturating_duration_since(now_i)),
+                );
             }
             (OPEN, _, Some(Some(ra))) => {
                 // A late failure while open: only a longer Retry-After matters.

@@ -37,3 +37,24 @@ pub(crate) fn later(now: Instant, d: Duration) -> Instant {
     now.checked_add(d)
         .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30))
 }
+
+/// A breaker's state change, as an `info` event under the target `luca_http::breaker`
+/// (rare: a trip, a probe's verdict, a probe past its deadline). `open_for` is how long the
+/// host stays open from now (for a change to open).
+pub(crate) fn log_transition(
+    host: &str,
+    from: &'static str,
+    to: &'static str,
+    failures: u32,
+    open_for: Option<std::time::Duration>,
+) {
+    tracing::info!(
+        target: "luca_http::breaker",
+        host,
+        from,
+        to,
+        failures,
+        open_for_ms = open_for.map(|d| d.as_millis() as u64),
+        "breaker {from} -> {to}"
+    );
+}
