@@ -14,12 +14,16 @@
 //! by exactly the outcomes the tasks had acknowledged, and their sum equals the number of
 //! acknowledged records. It exits non-zero otherwise, or if any record failed.
 //!
-//! The workload only sees the [`PatternStore`] trait, so the same run can go to another
-//! database by adding a store (a later `--postgres URL` would add a PostgreSQL one).
+//! The workload only sees the [`PatternStore`] trait, so the same run goes to PostgreSQL
+//! with `--postgres URL`: the same read-modify-write, in a SERIALIZABLE transaction of a
+//! `luca_core::postgres::PgDb`, which runs the whole transaction again when PostgreSQL
+//! refuses it (`40001` serialization_failure, `40P01` deadlock_detected). Many processes
+//! can run against one database at once; each checks what it added.
 //!
 //! ```text
 //! cargo run --release --example learning_engine
 //! cargo run --release --example learning_engine -- --tasks 256 --records 1000 --db learn.db
+//! cargo run --release --example learning_engine -- --postgres postgresql://user@localhost/learn
 //! ```
 
 use std::collections::BTreeMap;
@@ -32,6 +36,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use luca_core::Db;
+use luca_core::postgres::PgDb;
+use luca_core::retry::{BusyCode, RetryPolicy};
 use luca_core::rusqlite::{OptionalExtension, params};
 use luca_testkit::TempDb;
 
@@ -54,12 +60,23 @@ const PATTERNS: [(&str, [f64; 3]); 8] = [
 ];
 
 const USAGE: &str = "\
-usage: learning_engine [--tasks N] [--records N] [--db PATH]
+usage: learning_engine [--tasks N] [--records N] [--db PATH | --postgres URL]
 
-  --tasks N    concurrent tasks (1 to 4096, default 64)
-  --records N  outcomes each task records (1 to 1000000, default 250)
-  --db PATH    the SQLite file (default: a temporary file, removed at exit); an existing
-               file keeps its counts, and the run checks what it added";
+  --tasks N         concurrent tasks (1 to 4096, default 64)
+  --records N       outcomes each task records (1 to 1000000, default 250)
+  --db PATH         the SQLite file (default: a temporary file, removed at exit); an
+                    existing file keeps its counts, and the run checks what it added
+  --postgres URL    a PostgreSQL database instead (`postgresql://user@host/db`, or
+                    `host=/run/postgresql dbname=learn`); its table keeps its counts too";
+
+/// Where the engine keeps its table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Database {
+    /// A SQLite file, through a `Db`.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database (its URL), through a `PgDb`.
+    Postgres(String),
+}
 
 /// The command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,8 +85,8 @@ pub(crate) struct Config {
     pub(crate) tasks: usize,
     /// Outcomes each task records.
     pub(crate) records: usize,
-    /// The database file; `None`: a temporary one.
-    pub(crate) db: Option<PathBuf>,
+    /// The database; `None`: a temporary SQLite file.
+    pub(crate) db: Option<Database>,
 }
 
 impl Default for Config {
@@ -98,7 +115,19 @@ pub(crate) fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Con
         match arg.as_str() {
             "--tasks" => cfg.tasks = number(&arg, value(&arg)?, 1, 4096)?,
             "--records" => cfg.records = number(&arg, value(&arg)?, 1, 1_000_000)?,
-            "--db" => cfg.db = Some(PathBuf::from(value(&arg)?)),
+            "--db" | "--postgres" => {
+                let v = value(&arg)?;
+                if cfg.db.is_some() {
+                    return Err(format!(
+                        "give one database: `--db PATH` or `--postgres URL`, once\n\n{USAGE}"
+                    ));
+                }
+                cfg.db = Some(if arg == "--db" {
+                    Database::Sqlite(PathBuf::from(v))
+                } else {
+                    Database::Postgres(v.to_string_lossy().into_owned())
+                });
+            }
             _ => return Err(format!("unknown argument `{arg}`\n\n{USAGE}")),
         }
     }
@@ -134,10 +163,26 @@ pub(crate) async fn main() -> ExitCode {
             }
         }
         Err(e) => {
-            eprintln!("learning_engine: {e}");
+            eprintln!("learning_engine: {}", with_sources(&*e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error with its `source()` chain (a driver's "db error" says little without the
+/// server's message under it).
+fn with_sources(e: &(dyn StdError + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(source) = next {
+        let s = source.to_string();
+        if !text.contains(&s) {
+            text.push_str(": ");
+            text.push_str(&s);
+        }
+        next = source.source();
+    }
+    text
 }
 
 /// The counts of one `(kind, pattern)` row.
@@ -169,9 +214,8 @@ pub(crate) type Table = BTreeMap<(String, String), Counts>;
 
 /// Where the engine keeps what it learned, its table created. The workload
 /// ([`run_workload`]) and the report ([`run_on`]) see only this trait: a store for another
-/// database implements these methods (a PostgreSQL store would make `record` the same
-/// read-modify-write in a transaction, under `SELECT … FOR UPDATE`, or one
-/// `INSERT … ON CONFLICT … DO UPDATE SET n = n + 1`).
+/// database implements these methods ([`PgStore`] makes `record` the same
+/// read-modify-write in a SERIALIZABLE transaction that is run again on a conflict).
 pub(crate) trait PatternStore: Clone + Send + Sync + 'static {
     /// Records one outcome; `Ok` means it is committed.
     fn record(
@@ -320,6 +364,165 @@ impl PatternStore for SqliteStore {
     }
 }
 
+/// The store on PostgreSQL through a [`PgDb`]: `record` is the same read-modify-write as
+/// [`SqliteStore`]'s, in a SERIALIZABLE transaction that `PgDb::write` runs again when
+/// PostgreSQL refuses it. Only the SQL dialect changed (`$1` placeholders, the clock).
+#[derive(Clone)]
+pub(crate) struct PgStore {
+    db: PgDb,
+    /// The server's version and the database's name, for the report.
+    what: String,
+    /// The writes committed by [`PgStore::open`], left out of the summary.
+    setup: u64,
+}
+
+impl PgStore {
+    /// The retry policy of the store's writes: every task's transaction touches one of only
+    /// 24 rows, so under many tasks conflicts are the rule; 100 retries from 2 ms (capped at
+    /// 200 ms) outlast them.
+    pub(crate) const RETRY_POLICY: RetryPolicy = RetryPolicy::new()
+        .with_max_retries(100)
+        .with_delay(Duration::from_millis(2))
+        .with_max_delay(Duration::from_millis(200));
+
+    /// Connects to `url` and creates the table if it is missing.
+    pub(crate) async fn open(url: &str) -> Result<PgStore, BoxError> {
+        let db = PgDb::builder(url)
+            .retry_policy(Self::RETRY_POLICY)
+            .build()
+            .await?;
+        db.write(async |tx| {
+            tx.batch_execute(
+                "CREATE TABLE IF NOT EXISTS pattern_stats (
+                    kind TEXT NOT NULL,
+                    pattern TEXT NOT NULL,
+                    success_count BIGINT NOT NULL,
+                    failure_count BIGINT NOT NULL,
+                    success_rate DOUBLE PRECISION NOT NULL,
+                    updated_unix BIGINT NOT NULL,
+                    PRIMARY KEY (kind, pattern))",
+            )
+            .await?;
+            Ok(())
+        })
+        .await?;
+        let (version, database): (String, String) = db
+            .read(async |tx| {
+                let row = tx
+                    .query_one(
+                        "SELECT current_setting('server_version'), current_database()",
+                        &[],
+                    )
+                    .await?;
+                Ok((row.get(0), row.get(1)))
+            })
+            .await?;
+        let setup = db.stats().writes_ok;
+        Ok(PgStore {
+            db,
+            what: format!("PostgreSQL {version}, database {database}"),
+            setup,
+        })
+    }
+}
+
+impl PatternStore for PgStore {
+    async fn record(
+        &self,
+        kind: &'static str,
+        pattern: &'static str,
+        success: bool,
+    ) -> Result<(), BoxError> {
+        // Owned copies: rustc cannot yet prove this future `Send` when the async closure
+        // captures references, even `'static` ones.
+        let (kind, pattern) = (kind.to_owned(), pattern.to_owned());
+        self.db
+            .write(async move |tx| {
+                // Read the row ...
+                let now = tx
+                    .query_opt(
+                        "SELECT success_count, failure_count FROM pattern_stats
+                         WHERE kind = $1 AND pattern = $2",
+                        &[&kind, &pattern],
+                    )
+                    .await?
+                    .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1)));
+                // ... modify it here ...
+                let (mut ok, mut failed) = now.unwrap_or((0, 0));
+                if success {
+                    ok += 1;
+                } else {
+                    failed += 1;
+                }
+                let rate = ok as f64 / (ok + failed) as f64;
+                // ... and write it back.
+                tx.execute(
+                    "INSERT INTO pattern_stats
+                         (kind, pattern, success_count, failure_count, success_rate, updated_unix)
+                     VALUES ($1, $2, $3, $4, $5, extract(epoch FROM now())::bigint)
+                     ON CONFLICT (kind, pattern) DO UPDATE SET
+                         success_count = excluded.success_count,
+                         failure_count = excluded.failure_count,
+                         success_rate = excluded.success_rate,
+                         updated_unix = excluded.updated_unix",
+                    &[&kind, &pattern, &ok, &failed, &rate],
+                )
+                .await?;
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn counts(&self) -> Result<Table, BoxError> {
+        let rows = self
+            .db
+            .read(async |tx| {
+                let rows = tx
+                    .query(
+                        "SELECT kind, pattern, success_count, failure_count FROM pattern_stats",
+                        &[],
+                    )
+                    .await?;
+                Ok(rows
+                    .iter()
+                    .map(|r| {
+                        (
+                            (r.get(0), r.get(1)),
+                            Counts {
+                                successes: u64::try_from(r.get::<_, i64>(2)).unwrap_or(0),
+                                failures: u64::try_from(r.get::<_, i64>(3)).unwrap_or(0),
+                            },
+                        )
+                    })
+                    .collect::<Table>())
+            })
+            .await?;
+        Ok(rows)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{}, through luca_core::postgres::PgDb (SERIALIZABLE writes)",
+            self.what
+        )
+    }
+
+    fn summary(&self) -> String {
+        let s = self.db.stats();
+        let busy = |code: BusyCode| s.busy_by_code[code.index()];
+        format!(
+            "PgDb: {} writes committed, {} transactions run again ({} serialization failures, {} deadlocks), {} failed, {} commit outcome unknown",
+            s.writes_ok.saturating_sub(self.setup),
+            s.retries,
+            busy(BusyCode::SerializationFailure),
+            busy(BusyCode::DeadlockDetected),
+            s.writes_failed,
+            s.commit_outcome_unknown
+        )
+    }
+}
+
 /// A small, seeded random source (xorshift64*), so a task's choices are reproducible.
 struct Rng(u64);
 
@@ -385,7 +588,7 @@ pub(crate) async fn run_workload<S: PatternStore>(
                     }
                     Err(e) => {
                         mine.errors += 1;
-                        mine.first_error.get_or_insert_with(|| e.to_string());
+                        mine.first_error.get_or_insert_with(|| with_sources(&*e));
                     }
                 }
             }
@@ -426,12 +629,15 @@ impl Report {
     }
 }
 
-/// Runs the workload on the store the command line names, then reports. (A
-/// `--postgres URL` option would open a PostgreSQL store here and hand it to [`run_on`].)
+/// Runs the workload on the store the command line names, then reports.
 pub(crate) async fn run(cfg: &Config) -> Result<Report, BoxError> {
     let temp;
     let path = match &cfg.db {
-        Some(p) => p.clone(),
+        Some(Database::Postgres(url)) => {
+            let store = PgStore::open(url).await?;
+            return run_on(&store, cfg).await;
+        }
+        Some(Database::Sqlite(p)) => p.clone(),
         None => {
             temp = TempDb::try_named("learning.db")?;
             temp.path().to_path_buf()

@@ -3,7 +3,7 @@
 //!
 //! For programs that already run a deadpool-sqlite pool and want luca's connection
 //! discipline without moving to [`Db`](crate::Db): every connection the pool creates gets,
-//! through a `post_create` hook and in the order [`pragmas`](crate::pragmas) documents,
+//! through a `post_create` hook and in the order [`pragmas`] documents,
 //! `busy_timeout` (30 s), `journal_mode=WAL` (checked), `synchronous=NORMAL`,
 //! `foreign_keys=ON` and the WAL auto-checkpoint threshold. deadpool-sqlite's own types
 //! are re-exported, so the versions always match.

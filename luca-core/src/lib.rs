@@ -28,8 +28,11 @@ pub use metrics::metrics;
 /// See the [crate documentation](crate) and [`retry`] for the schedule. Arguments (all
 /// optional): `max_retries = 5`, `delay_ms = 100`, `max_delay_ms = 30000`,
 /// `jitter = "full" | "equal" | "decorrelated" | "none"`, `deadline_ms`,
-/// `on_retry = path::to::hook` (a `fn(&luca_core::retry::RetryEvent)`), and
-/// `crate = "path"` when `luca_core` is re-exported under another name.
+/// `lock_not_available = true` (also retry PostgreSQL's `55P03` lock_not_available, a
+/// failed `NOWAIT` or `lock_timeout` lock request: see
+/// [`RetryPolicy::with_lock_not_available`](retry::RetryPolicy::with_lock_not_available);
+/// off by default), `on_retry = path::to::hook` (a `fn(&luca_core::retry::RetryEvent)`),
+/// and `crate = "path"` when `luca_core` is re-exported under another name.
 ///
 /// # Rules
 ///

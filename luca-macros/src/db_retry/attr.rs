@@ -14,6 +14,7 @@ const KEYS: &[&str] = &[
     "max_delay_ms",
     "jitter",
     "deadline_ms",
+    "lock_not_available",
     "on_retry",
     "crate",
 ];
@@ -28,6 +29,8 @@ pub(crate) struct Args {
     pub(crate) max_delay_ms: Option<u64>,
     pub(crate) jitter: &'static str,
     pub(crate) deadline_ms: Option<u64>,
+    /// `Some` when written out: the expansion then sets it on the policy.
+    pub(crate) lock_not_available: Option<bool>,
     pub(crate) on_retry: Option<syn::Path>,
     pub(crate) krate: syn::Path,
 }
@@ -40,6 +43,7 @@ impl Default for Args {
             max_delay_ms: None,
             jitter: "full",
             deadline_ms: None,
+            lock_not_available: None,
             on_retry: None,
             krate: syn::parse_quote!(::luca_core),
         }
@@ -120,6 +124,7 @@ pub(crate) fn parse(tokens: TokenStream) -> (Args, Option<syn::Error>) {
                 }
             }),
             "jitter" => jitter(value).map(|j| args.jitter = j),
+            "lock_not_available" => boolean(&key, value).map(|b| args.lock_not_available = Some(b)),
             "on_retry" => hook(value).map(|p| args.on_retry = Some(p)),
             "crate" => crate::common::crate_path(value).map(|p| args.krate = p),
             _ => unreachable!("every key in KEYS is handled"),
@@ -223,6 +228,19 @@ fn string(value: &Expr) -> Option<&syn::LitStr> {
             lit: Lit::Str(s), ..
         }) => Some(s),
         _ => None,
+    }
+}
+
+/// A `true` or `false` literal.
+fn boolean(key: &str, value: &Expr) -> syn::Result<bool> {
+    match value {
+        Expr::Lit(ExprLit {
+            lit: Lit::Bool(b), ..
+        }) => Ok(b.value),
+        _ => Err(syn::Error::new_spanned(
+            value,
+            format!("`{key}` expects `true` or `false`, e.g. `{key} = true`"),
+        )),
     }
 }
 

@@ -214,11 +214,14 @@ fn policy(args: &Args) -> TokenStream {
         "decorrelated" => quote!(Decorrelated),
         _ => quote!(Full),
     };
+    let lock_not_available = args
+        .lock_not_available
+        .map(|b| quote!(.with_lock_not_available(#b)));
     quote! {
         #krate::__private::policy(
             #max_retries, #delay_ms, #max_delay_ms,
             #krate::__private::Jitter::#jitter, #deadline_ms,
-        )
+        )#lock_not_available
     }
 }
 

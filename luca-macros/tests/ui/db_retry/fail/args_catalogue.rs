@@ -50,4 +50,13 @@ fn crate_not_a_string() -> Result<()> { Ok(()) }
 #[db_retry(crate = "not a path")]
 fn crate_not_a_path() -> Result<()> { Ok(()) }
 
+#[db_retry(lock_not_available = "true")]
+fn lock_not_available_a_string() -> Result<()> { Ok(()) }
+
+#[db_retry(lock_not_available = 1)]
+fn lock_not_available_an_integer() -> Result<()> { Ok(()) }
+
+#[db_retry(lock_not_available)]
+fn lock_not_available_without_value() -> Result<()> { Ok(()) }
+
 fn main() {}

@@ -16,6 +16,7 @@ fn log_retry(event: &RetryEvent) {
     max_delay_ms = 250,
     jitter = "decorrelated",
     deadline_ms = 5_000,
+    lock_not_available = true,
     on_retry = log_retry,
     crate = "crate::deps::luca",
 )]
@@ -32,7 +33,11 @@ fn equal_no_retries() -> luca_core::Result<()> { Ok(()) }
 #[db_retry()]
 fn empty_parens() -> luca_core::Result<()> { Ok(()) }
 
+#[db_retry(lock_not_available = false)]
+fn lock_not_available_off() -> luca_core::Result<()> { Ok(()) }
+
 fn main() {
+    lock_not_available_off().unwrap();
     assert_eq!(everything().unwrap(), 7);
     no_jitter().unwrap();
     equal_no_retries().unwrap();
