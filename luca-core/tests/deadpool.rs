@@ -245,3 +245,74 @@ async fn db_retry_retries_a_pool_write_past_a_held_write_lock() {
         .unwrap();
     assert_eq!(rows, 1, "exactly one row: the busy attempt wrote nothing");
 }
+
+#[tokio::test]
+async fn wait_timeouts_of_zero_and_duration_max_behave() {
+    let tmp = TempDb::new();
+    let zero = deadpool::builder(tmp.path())
+        .size(1)
+        .wait_timeout(Some(Duration::ZERO))
+        .build()
+        .unwrap();
+    let held = zero.get().await.unwrap();
+    match zero.get().await {
+        Err(PoolError::Timeout(_)) => {}
+        Err(other) => panic!("{other:?}"),
+        Ok(_) => panic!("a second connection from a pool of one"),
+    }
+    drop(held);
+    zero.get().await.expect("free again");
+
+    let max = deadpool::builder(tmp.path())
+        .size(1)
+        .wait_timeout(Some(Duration::MAX))
+        .build()
+        .unwrap();
+    let held = max.get().await.unwrap();
+    let waiter = {
+        let max = max.clone();
+        tokio::spawn(async move { max.get().await.map(|_| ()) })
+    };
+    tokio::task::yield_now().await;
+    drop(held);
+    tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the waiter got the connection once it was free")
+        .unwrap()
+        .expect("no overflow from Duration::MAX");
+}
+
+#[tokio::test]
+async fn a_panicking_closure_does_not_break_the_pool() {
+    let tmp = TempDb::new();
+    let pool = deadpool::builder(tmp.path()).size(1).build().unwrap();
+    let conn = pool.get().await.unwrap();
+    conn.interact(|c| c.execute_batch("CREATE TABLE t (v)"))
+        .await
+        .unwrap()
+        .unwrap();
+    let panicked = conn
+        .interact(|c| {
+            c.execute_batch("BEGIN IMMEDIATE; INSERT INTO t VALUES (1);")
+                .unwrap();
+            panic!("user code panics inside its transaction")
+        })
+        .await;
+    assert!(panicked.is_err(), "the panic is reported, not propagated");
+    drop(conn);
+    // The poisoned connection is refused on checkout and replaced; its open transaction
+    // is gone with it (closing a connection rolls back).
+    let conn = tokio::time::timeout(Duration::from_secs(10), pool.get())
+        .await
+        .expect("no hang")
+        .expect("a fresh connection");
+    let rows: i64 = conn
+        .interact(|c| {
+            c.execute("INSERT INTO t VALUES (2)", [])?;
+            c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rows, 1, "only the write after the panic is in the file");
+}
