@@ -261,7 +261,7 @@ async fn wait_timeouts_of_zero_and_duration_max_behave() {
         Ok(_) => panic!("a second connection from a pool of one"),
     }
     drop(held);
-    zero.get().await.expect("free again");
+    drop(zero.get().await.expect("free again"));
 
     let max = deadpool::builder(tmp.path())
         .size(1)
