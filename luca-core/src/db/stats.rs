@@ -113,18 +113,6 @@ pub(crate) enum Outcome {
     Panicked,
 }
 
-impl Outcome {
-    /// The `outcome` label of `luca_db_writes_total`.
-    #[cfg(feature = "metrics")]
-    fn label(self) -> &'static str {
-        match self {
-            Outcome::Ok => "ok",
-            Outcome::Failed => "error",
-            Outcome::Panicked => "panic",
-        }
-    }
-}
-
 /// Live counters of one `Db`.
 pub(crate) struct StatsInner {
     pub(crate) commits: AtomicU64,
@@ -148,6 +136,46 @@ pub(crate) struct StatsInner {
     pub(crate) lock_wait: Histogram,
     pub(crate) write_latency: Histogram,
     pub(crate) group_sizes: Histogram,
+    /// The `metrics` handles, registered once when the `Db` opens.
+    #[cfg(feature = "metrics")]
+    exported: Exported,
+}
+
+/// `metrics` handles of one `Db`, registered with the recorder installed when it opens:
+/// each update is then an atomic operation on the recorder's side, with no key lookup.
+#[cfg(feature = "metrics")]
+struct Exported {
+    commits: metrics::Counter,
+    writes_ok: metrics::Counter,
+    writes_error: metrics::Counter,
+    writes_panic: metrics::Counter,
+    queue_depth: metrics::Gauge,
+    write_latency: metrics::Histogram,
+    lock_wait: metrics::Histogram,
+    group_size: metrics::Histogram,
+    busy: [metrics::Counter; BusyCode::COUNT],
+    checkpoints_background: metrics::Counter,
+    checkpoints_writer: metrics::Counter,
+}
+
+#[cfg(feature = "metrics")]
+impl Exported {
+    fn register() -> Exported {
+        Exported {
+            commits: metrics::counter!("luca_db_commits_total"),
+            writes_ok: metrics::counter!("luca_db_writes_total", "outcome" => "ok"),
+            writes_error: metrics::counter!("luca_db_writes_total", "outcome" => "error"),
+            writes_panic: metrics::counter!("luca_db_writes_total", "outcome" => "panic"),
+            queue_depth: metrics::gauge!("luca_db_queue_depth"),
+            write_latency: metrics::histogram!("luca_db_write_latency_seconds"),
+            lock_wait: metrics::histogram!("luca_db_lock_wait_seconds"),
+            group_size: metrics::histogram!("luca_db_group_size"),
+            busy: BusyCode::ALL
+                .map(|c| metrics::counter!("luca_db_busy_total", "code" => c.name())),
+            checkpoints_background: metrics::counter!("luca_db_checkpoints_total", "where" => "background"),
+            checkpoints_writer: metrics::counter!("luca_db_checkpoints_total", "where" => "writer"),
+        }
+    }
 }
 
 impl StatsInner {
@@ -175,6 +203,8 @@ impl StatsInner {
             lock_wait: Histogram::new(),
             write_latency: Histogram::new(),
             group_sizes: Histogram::new(),
+            #[cfg(feature = "metrics")]
+            exported: Exported::register(),
         }
     }
 
@@ -182,19 +212,19 @@ impl StatsInner {
         let depth = self.queue_depth.fetch_add(1, Relaxed) + 1;
         self.max_queue_depth.fetch_max(depth, Relaxed);
         #[cfg(feature = "metrics")]
-        metrics::gauge!("luca_db_queue_depth").increment(1.0);
+        self.exported.queue_depth.increment(1.0);
     }
 
     pub(crate) fn dequeued(&self, n: usize) {
         self.queue_depth.fetch_sub(n, Relaxed);
         #[cfg(feature = "metrics")]
-        metrics::gauge!("luca_db_queue_depth").decrement(n as f64);
+        self.exported.queue_depth.decrement(n as f64);
     }
 
     pub(crate) fn busy(&self, code: BusyCode) {
         self.busy_by_code[code.index()].fetch_add(1, Relaxed);
         #[cfg(feature = "metrics")]
-        metrics::counter!("luca_db_busy_total", "code" => code.name()).increment(1);
+        self.exported.busy[code.index()].increment(1);
     }
 
     /// A transaction of `writes` writes committed, changing `changes` rows.
@@ -204,8 +234,8 @@ impl StatsInner {
         self.rows_changed.fetch_add(changes, Relaxed);
         #[cfg(feature = "metrics")]
         {
-            metrics::counter!("luca_db_commits_total").increment(1);
-            metrics::histogram!("luca_db_group_size").record(writes as f64);
+            self.exported.commits.increment(1);
+            self.exported.group_size.record(writes as f64);
         }
     }
 
@@ -213,7 +243,7 @@ impl StatsInner {
     pub(crate) fn waited(&self, d: Duration) {
         self.lock_wait.record(d);
         #[cfg(feature = "metrics")]
-        metrics::histogram!("luca_db_lock_wait_seconds").record(d);
+        self.exported.lock_wait.record(d);
     }
 
     /// A write was answered, `ok` or not, `latency` after its call.
@@ -230,8 +260,13 @@ impl StatsInner {
         self.write_latency.record(latency);
         #[cfg(feature = "metrics")]
         {
-            metrics::counter!("luca_db_writes_total", "outcome" => outcome.label()).increment(1);
-            metrics::histogram!("luca_db_write_latency_seconds").record(latency);
+            match outcome {
+                Outcome::Ok => &self.exported.writes_ok,
+                Outcome::Failed => &self.exported.writes_error,
+                Outcome::Panicked => &self.exported.writes_panic,
+            }
+            .increment(1);
+            self.exported.write_latency.record(latency);
         }
     }
 
@@ -243,8 +278,12 @@ impl StatsInner {
             self.checkpoints.fetch_add(1, Relaxed);
         }
         #[cfg(feature = "metrics")]
-        metrics::counter!("luca_db_checkpoints_total", "where" => if inline { "writer" } else { "background" })
-            .increment(1);
+        if inline {
+            &self.exported.checkpoints_writer
+        } else {
+            &self.exported.checkpoints_background
+        }
+        .increment(1);
     }
 
     pub(crate) fn snapshot(&self) -> DbStats {
