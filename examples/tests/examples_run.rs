@@ -10,24 +10,17 @@
 //! `cargo test --workspace --all-features` a plain `cargo run --example` resolves other
 //! features and rebuilds much of the tree), so a fresh clone would pay minutes.
 
+mod harness;
 #[path = "../learning_engine.rs"]
 mod learning_engine;
 #[path = "../scraper.rs"]
 mod scraper;
 
-use std::ffi::OsString;
-use std::io::Read;
-use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::process::{Command, ExitCode, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use harness::{Test, os, run_child, runtime};
+use std::process::ExitCode;
+use std::time::Duration;
 
 use learning_engine::{PatternStore, SqliteStore, Table};
-
-const CHILD_ENV: &str = "LUCA_EXAMPLE_CHILD";
-/// The longest any child process may run.
-const CHILD_LIMIT: Duration = Duration::from_secs(30);
-
-type Test = (&'static str, fn());
 
 const TESTS: [Test; 8] = [
     ("scraper_report_in_process", scraper_report_in_process),
@@ -53,154 +46,11 @@ const TESTS: [Test; 8] = [
 ];
 
 fn main() -> ExitCode {
-    if let Some(which) = std::env::var_os(CHILD_ENV) {
-        return match which.to_str() {
-            Some("scraper") => scraper::main(),
-            Some("learning_engine") => learning_engine::main(),
-            _ => {
-                eprintln!("{CHILD_ENV}: unknown example {which:?}");
-                ExitCode::from(2)
-            }
-        };
-    }
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let (list, chosen) = select(&args);
-    if list {
-        for (name, _) in &chosen {
-            println!("{name}: test");
-        }
-        return ExitCode::SUCCESS;
-    }
-    println!("\nrunning {} tests", chosen.len());
-    let mut failed = Vec::new();
-    for (name, test) in &chosen {
-        let started = Instant::now();
-        match catch_unwind(AssertUnwindSafe(test)) {
-            Ok(()) => println!("test {name} ... ok ({:.2?})", started.elapsed()),
-            Err(_) => {
-                println!("test {name} ... FAILED");
-                failed.push(*name);
-            }
-        }
-    }
-    let filtered = TESTS.len() - chosen.len();
-    if failed.is_empty() {
-        println!(
-            "\ntest result: ok. {} passed; 0 failed; 0 ignored; 0 measured; {filtered} filtered out",
-            chosen.len()
-        );
-        ExitCode::SUCCESS
-    } else {
-        println!("\nfailures:\n    {}", failed.join("\n    "));
-        println!(
-            "\ntest result: FAILED. {} passed; {} failed; 0 ignored; 0 measured; {filtered} filtered out",
-            chosen.len() - failed.len(),
-            failed.len()
-        );
-        ExitCode::from(101)
-    }
-}
-
-/// Reads `cargo test`'s arguments as the standard harness would: `--list`, name filters
-/// (substrings, or whole names with `--exact`), `--skip`; `--ignored` selects nothing
-/// (no test here is ignored). Options with a value (`--test-threads 2`) are not filters.
-fn select(args: &[String]) -> (bool, Vec<Test>) {
-    const WITH_VALUE: [&str; 6] = [
-        "--test-threads",
-        "--format",
-        "--color",
-        "--logfile",
-        "--shuffle-seed",
-        "-Z",
-    ];
-    let (mut filters, mut skips) = (Vec::new(), Vec::new());
-    let (mut exact, mut list, mut only_ignored) = (false, false, false);
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--list" => list = true,
-            "--exact" => exact = true,
-            "--ignored" => only_ignored = true,
-            "--skip" => skips.extend(it.next().cloned()),
-            a if WITH_VALUE.contains(&a) => {
-                it.next();
-            }
-            a if a.starts_with('-') => {}
-            a => filters.push(a.to_owned()),
-        }
-    }
-    let matches = |name: &str, f: &String| {
-        if exact {
-            name == f
-        } else {
-            name.contains(f.as_str())
-        }
-    };
-    let chosen = TESTS
-        .into_iter()
-        .filter(|_| !only_ignored)
-        .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| matches(name, f)))
-        .filter(|(name, _)| !skips.iter().any(|s| matches(name, s)))
-        .collect();
-    (list, chosen)
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a tokio runtime")
-}
-
-/// What a child process printed, and how it ended.
-struct Child {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs this binary as the example `name` with `args`, for at most [`CHILD_LIMIT`].
-fn run_child(name: &str, args: &[&str]) -> Child {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let mut child = Command::new(exe)
-        .args(args)
-        .env(CHILD_ENV, name)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn the example");
-    let drain = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = pipe.read_to_string(&mut s);
-            s
-        })
-    };
-    let out = drain(Box::new(child.stdout.take().expect("stdout piped")));
-    let err = drain(Box::new(child.stderr.take().expect("stderr piped")));
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for the example") {
-            break status;
-        }
-        if started.elapsed() > CHILD_LIMIT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("example {name} {args:?} still running after {CHILD_LIMIT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Child {
-        status,
-        stdout: out.join().expect("stdout reader"),
-        stderr: err.join().expect("stderr reader"),
-    }
-}
-
-fn os(args: &[&str]) -> Vec<OsString> {
-    args.iter().map(OsString::from).collect()
+    harness::main(&TESTS, |example| match example {
+        "scraper" => Some(scraper::main()),
+        "learning_engine" => Some(learning_engine::main()),
+        _ => None,
+    })
 }
 
 /// The scraper's report has every part the README quotes, and its checks pass.

@@ -8,28 +8,20 @@
 //! Without PostgreSQL and without `CI` set, the tests that need a server print one loud
 //! line saying what they skipped; with `CI` set they fail.
 
+mod harness;
 #[path = "../learning_engine.rs"]
 mod learning_engine;
 
-use std::ffi::OsString;
-use std::io::Read;
-use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::process::{Command, ExitCode, ExitStatus, Stdio};
+use harness::{Child, Test, os, runtime};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
 use learning_engine::{Database, PatternStore, PgStore, Table};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 use luca_core::postgres::tokio_postgres::{self, NoTls};
 use luca_testkit::TempPostgres;
-
-const CHILD_ENV: &str = "LUCA_EXAMPLE_CHILD";
-/// The longest any child process may run.
-const CHILD_LIMIT: Duration = Duration::from_secs(30);
-
-type Test = (&'static str, fn());
 
 const TESTS: [Test; 4] = [
     (
@@ -51,125 +43,14 @@ const TESTS: [Test; 4] = [
 ];
 
 fn main() -> ExitCode {
-    if let Some(which) = std::env::var_os(CHILD_ENV) {
-        return match which.to_str() {
-            Some("learning_engine") => learning_engine::main(),
-            _ => {
-                eprintln!("{CHILD_ENV}: unknown example {which:?}");
-                ExitCode::from(2)
-            }
-        };
-    }
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    // `--list` (cargo test -- --list), `--ignored` (nothing here is ignored), and name
-    // filters; other libtest flags are accepted and ignored.
-    if args.iter().any(|a| a == "--list") {
-        for (name, _) in TESTS {
-            println!("{name}: test");
-        }
-        return ExitCode::SUCCESS;
-    }
-    let only_ignored = args.iter().any(|a| a == "--ignored");
-    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
-    let exact = args.iter().any(|a| a == "--exact");
-    let chosen: Vec<Test> = TESTS
-        .into_iter()
-        .filter(|_| !only_ignored)
-        .filter(|(name, _)| {
-            filters.is_empty()
-                || filters.iter().any(|f| {
-                    if exact {
-                        name == f
-                    } else {
-                        name.contains(f.as_str())
-                    }
-                })
-        })
-        .collect();
-    println!("\nrunning {} tests", chosen.len());
-    let mut failed = Vec::new();
-    for (name, test) in &chosen {
-        let started = Instant::now();
-        match catch_unwind(AssertUnwindSafe(test)) {
-            Ok(()) => println!("test {name} ... ok ({:.2?})", started.elapsed()),
-            Err(_) => {
-                println!("test {name} ... FAILED");
-                failed.push(*name);
-            }
-        }
-    }
-    println!(
-        "\ntest result: {}. {} passed; {} failed",
-        if failed.is_empty() { "ok" } else { "FAILED" },
-        chosen.len() - failed.len(),
-        failed.len()
-    );
-    if failed.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        for name in failed {
-            println!("    {name}");
-        }
-        ExitCode::FAILURE
-    }
+    harness::main(&TESTS, |example| {
+        (example == "learning_engine").then(learning_engine::main)
+    })
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a tokio runtime")
-}
-
-fn os(args: &[&str]) -> Vec<OsString> {
-    args.iter().map(OsString::from).collect()
-}
-
-/// What a child process printed, and how it ended.
-struct Child {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs this binary as the learning engine with `args`, for at most [`CHILD_LIMIT`].
+/// Runs this binary as the learning engine with `args`, for at most [`harness::CHILD_LIMIT`].
 fn run_child(args: &[&str]) -> Child {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let mut child = Command::new(exe)
-        .args(args)
-        .env(CHILD_ENV, "learning_engine")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn the example");
-    let drain = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = pipe.read_to_string(&mut s);
-            s
-        })
-    };
-    let out = drain(Box::new(child.stdout.take().expect("stdout piped")));
-    let err = drain(Box::new(child.stderr.take().expect("stderr piped")));
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for the example") {
-            break status;
-        }
-        if started.elapsed() > CHILD_LIMIT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("learning_engine {args:?} still running after {CHILD_LIMIT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Child {
-        status,
-        stdout: out.join().expect("stdout reader"),
-        stderr: err.join().expect("stderr reader"),
-    }
+    harness::run_child("learning_engine", args)
 }
 
 /// A fresh database on the shared server, or `None` (skipped, outside CI) without

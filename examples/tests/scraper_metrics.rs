@@ -6,22 +6,16 @@
 //! is its own child (`LUCA_EXAMPLE_CHILD` set: the scraper's `main`), so there is no test
 //! harness. The recorder is global to a process: only the children install one.
 
+mod harness;
 #[path = "../scraper.rs"]
 mod scraper;
 
-use std::ffi::OsString;
+use harness::{CHILD_ENV, CHILD_LIMIT, Test, os};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-
-const CHILD_ENV: &str = "LUCA_EXAMPLE_CHILD";
-/// The longest any child process may run, and the longest any wait on one.
-const CHILD_LIMIT: Duration = Duration::from_secs(30);
-
-type Test = (&'static str, fn());
 
 const TESTS: [Test; 3] = [
     (
@@ -36,96 +30,9 @@ const TESTS: [Test; 3] = [
 ];
 
 fn main() -> ExitCode {
-    if let Some(which) = std::env::var_os(CHILD_ENV) {
-        if which == "scraper" {
-            return scraper::main();
-        }
-        eprintln!("{CHILD_ENV}: unknown example {which:?}");
-        return ExitCode::from(2);
-    }
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let (list, chosen) = select(&args);
-    if list {
-        for (name, _) in &chosen {
-            println!("{name}: test");
-        }
-        return ExitCode::SUCCESS;
-    }
-    println!("\nrunning {} tests", chosen.len());
-    let mut failed = Vec::new();
-    for (name, test) in &chosen {
-        let started = Instant::now();
-        match catch_unwind(AssertUnwindSafe(test)) {
-            Ok(()) => println!("test {name} ... ok ({:.2?})", started.elapsed()),
-            Err(_) => {
-                println!("test {name} ... FAILED");
-                failed.push(*name);
-            }
-        }
-    }
-    let filtered = TESTS.len() - chosen.len();
-    let passed = chosen.len() - failed.len();
-    if failed.is_empty() {
-        println!(
-            "\ntest result: ok. {passed} passed; 0 failed; 0 ignored; 0 measured; {filtered} filtered out"
-        );
-        ExitCode::SUCCESS
-    } else {
-        println!("\nfailures:\n    {}", failed.join("\n    "));
-        println!(
-            "\ntest result: FAILED. {passed} passed; {} failed; 0 ignored; 0 measured; {filtered} filtered out",
-            failed.len()
-        );
-        ExitCode::from(101)
-    }
+    harness::main(&TESTS, |example| (example == "scraper").then(scraper::main))
 }
 
-/// `cargo test`'s arguments, as in `examples_run.rs`: `--list`, name filters (substrings,
-/// or whole names with `--exact`), `--skip`; `--ignored` selects nothing; options with a
-/// value are not filters.
-fn select(args: &[String]) -> (bool, Vec<Test>) {
-    const WITH_VALUE: [&str; 6] = [
-        "--test-threads",
-        "--format",
-        "--color",
-        "--logfile",
-        "--shuffle-seed",
-        "-Z",
-    ];
-    let (mut filters, mut skips) = (Vec::new(), Vec::new());
-    let (mut exact, mut list, mut only_ignored) = (false, false, false);
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--list" => list = true,
-            "--exact" => exact = true,
-            "--ignored" => only_ignored = true,
-            "--skip" => skips.extend(it.next().cloned()),
-            a if WITH_VALUE.contains(&a) => {
-                it.next();
-            }
-            a if a.starts_with('-') => {}
-            a => filters.push(a.to_owned()),
-        }
-    }
-    let matches = |name: &str, f: &String| {
-        if exact {
-            name == f
-        } else {
-            name.contains(f.as_str())
-        }
-    };
-    let chosen = TESTS
-        .into_iter()
-        .filter(|_| !only_ignored)
-        .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| matches(name, f)))
-        .filter(|(name, _)| !skips.iter().any(|s| matches(name, s)))
-        .collect();
-    (list, chosen)
-}
-
-/// A running scraper: its stdout line by line as printed, its stderr at the end. Dropping
-/// it kills the process (a failed assertion leaves nothing running).
 struct Scraper {
     child: std::process::Child,
     lines: mpsc::Receiver<String>,
@@ -278,10 +185,6 @@ fn sample(text: &str, series: &str) -> Option<f64> {
         let (key, value) = l.rsplit_once(' ')?;
         (key == series).then(|| value.parse().ok())?
     })
-}
-
-fn os(args: &[&str]) -> Vec<OsString> {
-    args.iter().map(OsString::from).collect()
 }
 
 /// A number from the report line that starts with `prefix`, right after it.
