@@ -798,8 +798,9 @@ impl Writer {
         }
         let reset = self.checkpoint(conn, "RESTART");
         if conn.busy_timeout(self.cfg.pragmas.busy_timeout).is_err() {
-            // The connection keeps the short wait: its writes would meet other processes'
-            // locks with less patience than configured. Start it afresh instead.
+            // Not expected (SQLite's call cannot fail and the builder bounds the value),
+            // but if it did, the writer's retry policy would still wait out other
+            // processes' locks, each attempt with the short wait: say so.
             tracing::warn!(
                 target: "luca_core::db",
                 path = %self.cfg.path.display(),
