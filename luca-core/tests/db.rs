@@ -690,7 +690,14 @@ async fn a_write_dropped_while_queued_still_commits_as_a_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_dropped_while_its_closure_runs_still_commits() {
     let tmp = TempDb::new();
-    let db = with_table(&tmp).await;
+    // On the writer thread: an inline write's closure runs inside the first poll, so
+    // its future cannot be dropped meanwhile (next test).
+    let db = Db::builder(tmp.path())
+        .inline_limit(Duration::ZERO)
+        .build()
+        .await
+        .unwrap();
+    create_tables(&db).await;
     let ran = Arc::new(AtomicU32::new(0));
     let ran2 = Arc::clone(&ran);
     let (started_tx, started) = std::sync::mpsc::channel::<()>();
@@ -711,6 +718,33 @@ async fn a_write_dropped_while_its_closure_runs_still_commits() {
     db.close().await.unwrap();
     assert_eq!(keys(tmp.path()), ["dropped"]);
     assert_eq!(ran.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inline_write_is_done_within_its_first_poll() {
+    let tmp = TempDb::new();
+    let db = Db::builder(tmp.path())
+        .inline_limit(Duration::from_secs(10))
+        .build()
+        .await
+        .unwrap();
+    create_tables(&db).await;
+    let mut write = Box::pin(db.write(|c| {
+        c.execute("INSERT INTO t (k, v) VALUES ('inline', 0)", [])?;
+        Ok(std::thread::current().id())
+    }));
+    let here = std::thread::current().id();
+    // Polled once, then dropped: the answer is lost, the write is in the file (it was
+    // committed on this thread before the poll returned).
+    let ran_on = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+    match ran_on {
+        Poll::Ready(Ok(id)) => assert_eq!(id, here, "ran on the polling thread"),
+        other => panic!("an idle path did not run the write inline: {other:?}"),
+    }
+    drop(write);
+    assert_eq!(db.stats().inline_writes, 2);
+    db.close().await.unwrap();
+    assert_eq!(keys(tmp.path()), ["inline"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1014,9 +1048,9 @@ async fn stats_count_rows_and_reads_and_print_them() {
         "rows 5 |",
         "reads 4 |",
         "busy 0 retries 0",
-        "queue 0 (max 1, waited for room 0)",
+        &*format!("queue 0 (max {}, waited for room 0)", stats.max_queue_depth),
         "sqlite rollbacks 0 | refused 0 | reopens 0",
-        "checkpoints 0 (+0 inline)",
+        "checkpoints 0 (+0 by the writer)",
     ] {
         assert!(text.contains(row), "`{row}` missing from\n{text}");
     }

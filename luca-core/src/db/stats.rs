@@ -129,6 +129,7 @@ pub(crate) struct StatsInner {
     pub(crate) commit_fallbacks: AtomicU64,
     pub(crate) checkpoints: AtomicU64,
     pub(crate) inline_checkpoints: AtomicU64,
+    pub(crate) inline_writes: AtomicU64,
     pub(crate) sqlite_rollbacks: AtomicU64,
     pub(crate) refused: AtomicU64,
     pub(crate) reopens: AtomicU64,
@@ -196,6 +197,7 @@ impl StatsInner {
             commit_fallbacks: z(),
             checkpoints: z(),
             inline_checkpoints: z(),
+            inline_writes: z(),
             sqlite_rollbacks: z(),
             refused: z(),
             reopens: z(),
@@ -302,6 +304,7 @@ impl StatsInner {
             commit_fallbacks: self.commit_fallbacks.load(Relaxed),
             checkpoints: self.checkpoints.load(Relaxed),
             inline_checkpoints: self.inline_checkpoints.load(Relaxed),
+            inline_writes: self.inline_writes.load(Relaxed),
             sqlite_rollbacks: self.sqlite_rollbacks.load(Relaxed),
             refused: self.refused.load(Relaxed),
             reopens: self.reopens.load(Relaxed),
@@ -349,6 +352,10 @@ pub struct DbStats {
     /// Checkpoints the writer ran itself, between two runs of writes, because sustained
     /// writing kept the WAL past four times the threshold.
     pub inline_checkpoints: u64,
+    /// Writes that ran on their caller's thread because the write path was idle (see
+    /// [`DbBuilder::inline_limit`](crate::DbBuilder::inline_limit)); the others ran on
+    /// the writer thread.
+    pub inline_writes: u64,
     /// Transactions SQLite rolled back by itself while a write closure ran (a trigger's
     /// `RAISE(ROLLBACK)`, `OR ROLLBACK`, a full disk …); the other writes of the group ran
     /// again without the culprit.
@@ -384,10 +391,11 @@ impl fmt::Display for DbStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "commits {} | writes ok {} failed {} | rows {} | reads {} | busy {} retries {} | queue {} (max {}, waited for room {}) | dirty rollbacks {} | panics {} | commit fallbacks {} | sqlite rollbacks {} | refused {} | reopens {} | checkpoints {} (+{} inline)",
+            "commits {} | writes ok {} failed {} (inline {}) | rows {} | reads {} | busy {} retries {} | queue {} (max {}, waited for room {}) | dirty rollbacks {} | panics {} | commit fallbacks {} | sqlite rollbacks {} | refused {} | reopens {} | checkpoints {} (+{} by the writer)",
             self.commits,
             self.writes_ok,
             self.writes_failed,
+            self.inline_writes,
             self.rows_changed,
             self.reads,
             self.busy_total(),

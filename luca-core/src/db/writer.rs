@@ -47,14 +47,44 @@ pub(crate) fn on_writer_thread() -> bool {
     ON_WRITER_THREAD.with(std::cell::Cell::get)
 }
 
-/// One queued write, its closure and where to send the answer, with the type erased.
-pub(crate) trait Job: Send {
-    /// Runs the closure; keeps its value until [`Job::answer`].
+/// A write's closure with the type erased: run on the writer thread or inline.
+pub(crate) trait Run {
+    /// Runs the closure; keeps its value until the answer.
     fn run(&mut self, conn: &Connection) -> Result<()>;
-    /// Sends the final answer: the kept value on `Ok`, else the error.
-    fn answer(self: Box<Self>, outcome: Result<()>);
     /// When the caller asked.
     fn enqueued(&self) -> Instant;
+}
+
+/// One queued write: its closure and where to send the answer.
+pub(crate) trait Job: Run + Send {
+    /// Sends the final answer: the kept value on `Ok`, else the error.
+    fn answer(self: Box<Self>, outcome: Result<()>);
+}
+
+/// Runs `f` once, inside the panic guard: the value of an earlier run (a group that ran
+/// again) is dropped here too, so a panicking `Drop` fails this run only.
+fn run_guarded<F, T>(f: &mut F, value: &mut Option<T>, conn: &Connection) -> Result<()>
+where
+    F: FnMut(&Connection) -> Result<T>,
+{
+    match catch_unwind(AssertUnwindSafe(|| {
+        drop(value.take());
+        f(conn).map(|v| *value = Some(v))
+    })) {
+        Ok(outcome) => outcome,
+        Err(payload) => Err(Error::Panicked {
+            message: panic_message(&*payload),
+        }),
+    }
+}
+
+/// The caller's answer from a run's outcome and the value it kept.
+pub(crate) fn answer_of<T>(outcome: Result<()>, value: Option<T>) -> Result<T> {
+    match (outcome, value) {
+        (Ok(()), Some(v)) => Ok(v),
+        (Ok(()), None) => Err(Error::TransactionEnded),
+        (Err(e), _) => Err(e),
+    }
 }
 
 pub(crate) struct TypedJob<F, T> {
@@ -66,35 +96,44 @@ pub(crate) struct TypedJob<F, T> {
     pub(crate) _permit: OwnedSemaphorePermit,
 }
 
+impl<F, T> Run for TypedJob<F, T>
+where
+    F: FnMut(&Connection) -> Result<T>,
+{
+    fn run(&mut self, conn: &Connection) -> Result<()> {
+        run_guarded(&mut self.f, &mut self.value, conn)
+    }
+
+    fn enqueued(&self) -> Instant {
+        self.enqueued
+    }
+}
+
 impl<F, T> Job for TypedJob<F, T>
 where
     F: FnMut(&Connection) -> Result<T> + Send,
     T: Send,
 {
-    fn run(&mut self, conn: &Connection) -> Result<()> {
-        // The value of an earlier run (a group that ran again) is dropped here, inside
-        // the guard: a panicking `Drop` fails this run only.
-        let value = &mut self.value;
-        let f = &mut self.f;
-        match catch_unwind(AssertUnwindSafe(|| {
-            drop(value.take());
-            f(conn).map(|v| *value = Some(v))
-        })) {
-            Ok(outcome) => outcome,
-            Err(payload) => Err(Error::Panicked {
-                message: panic_message(&*payload),
-            }),
-        }
-    }
-
     fn answer(mut self: Box<Self>, outcome: Result<()>) {
-        let answer = match (outcome, self.value.take()) {
-            (Ok(()), Some(v)) => Ok(v),
-            (Ok(()), None) => Err(Error::TransactionEnded),
-            (Err(e), _) => Err(e),
-        };
+        let answer = answer_of(outcome, self.value.take());
         // The caller may have gone away (a dropped future): the write stands regardless.
         let _ = self.reply.send(answer);
+    }
+}
+
+/// A write run on the calling thread: the closure stays the caller's.
+pub(crate) struct InlineJob<'a, F, T> {
+    pub(crate) f: &'a mut F,
+    pub(crate) value: Option<T>,
+    pub(crate) enqueued: Instant,
+}
+
+impl<F, T> Run for InlineJob<'_, F, T>
+where
+    F: FnMut(&Connection) -> Result<T>,
+{
+    fn run(&mut self, conn: &Connection) -> Result<()> {
+        run_guarded(self.f, &mut self.value, conn)
     }
 
     fn enqueued(&self) -> Instant {
@@ -148,7 +187,26 @@ pub(crate) fn checkpoint_loop(
 
 pub(crate) enum Msg {
     Write(Box<dyn Job>),
+    /// Checkpoint work an inline write found due (it is not done on a caller's thread).
+    Maintain,
     Close(oneshot::Sender<()>),
+}
+
+/// Sets the writer-thread flag for the length of a write run on a caller's thread, so a
+/// blocking call on the write path from inside its closure is refused, not a deadlock.
+struct InlineFlag;
+
+impl InlineFlag {
+    fn set() -> InlineFlag {
+        ON_WRITER_THREAD.with(|w| w.set(true));
+        InlineFlag
+    }
+}
+
+impl Drop for InlineFlag {
+    fn drop(&mut self) {
+        ON_WRITER_THREAD.with(|w| w.set(false));
+    }
 }
 
 /// Settings of the write path.
@@ -291,50 +349,90 @@ fn install_hooks(conn: &Connection, watch: &Arc<Watch>, wal_hook: bool) -> rusql
     Ok(())
 }
 
-/// The writer thread's loop. Returns when the handle closes or every sender is gone.
-pub(crate) fn run(
+/// The write connection and its state, shared by the writer thread and the callers that
+/// run a write inline (see [`Writer::inline`]).
+pub(crate) type Shared = Arc<Mutex<Writer>>;
+
+fn lock(shared: &Mutex<Writer>) -> std::sync::MutexGuard<'_, Writer> {
+    // Every panic of user code is contained before it could poison the lock; a poisoned
+    // lock (a bug of ours) still guards a usable writer: `begin` ends any transaction.
+    shared
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The write path's state, before its thread starts.
+pub(crate) fn new_writer(
     conn: Connection,
-    rx: Receiver<Msg>,
     cfg: WriterConfig,
     stats: Arc<StatsInner>,
     checkpointer: Option<Checkpointer>,
-) {
-    ON_WRITER_THREAD.with(|w| w.set(true));
-    let watch = Arc::new(Watch::default());
-    let mut w = Writer {
+) -> Writer {
+    let w = Writer {
         conn: Some(conn),
         cfg,
         stats,
         checkpointer,
-        watch,
+        watch: Arc::new(Watch::default()),
         reopen_error: None,
         retry_checkpoint_at: std::cell::Cell::new(0),
         woke_checkpointer_at: std::cell::Cell::new(0),
+        wal_pages: 0,
+        maintain_due: false,
+        closed: false,
+        tx_started: Instant::now(),
+        avg_write_ns: 0,
+        answers: std::cell::RefCell::new(Vec::new()),
     };
     w.hook_up();
+    w
+}
+
+/// The writer thread's loop. Returns when the handle closes or every sender is gone.
+pub(crate) fn run(shared: Shared, rx: Receiver<Msg>) {
+    ON_WRITER_THREAD.with(|w| w.set(true));
     let mut closing: Option<oneshot::Sender<()>> = None;
     while closing.is_none() {
         let first = match rx.recv() {
             Ok(Msg::Write(job)) => job,
+            Ok(Msg::Maintain) => {
+                lock(&shared).after_run(true);
+                continue;
+            }
             Ok(Msg::Close(ack)) => {
                 closing = Some(ack);
                 break;
             }
             Err(_) => break,
         };
+        let mut w = lock(&shared);
         let batch = w.collect(first, &rx, &mut closing);
+        // Only now, with the lock held: while a write waits here, no caller runs one inline.
         w.stats.dequeued(batch.len());
-        // One span per run of writes (a group, or the writes re-run after it failed).
-        let span =
-            tracing::debug_span!(target: "luca_core::db", "write_batch", writes = batch.len());
-        let _entered = span.enter();
-        // Every answer is sent by code that contains its own panics; this is the last
-        // net, so that a bug cannot take the thread (and every later write) down.
-        if catch_unwind(AssertUnwindSafe(|| w.execute(batch))).is_err() {
-            w.rollback();
+        {
+            // One span per run of writes (a group, or the writes re-run after it failed).
+            let span =
+                tracing::debug_span!(target: "luca_core::db", "write_batch", writes = batch.len());
+            let _entered = span.enter();
+            // Every answer is made by code that contains its own panics; this is the last
+            // net, so that a bug cannot take the thread (and every later write) down.
+            if catch_unwind(AssertUnwindSafe(|| w.execute(batch))).is_err() {
+                w.rollback();
+            }
         }
-        w.after_run();
+        let mut answers = std::mem::take(&mut *w.answers.borrow_mut());
+        let stats = Arc::clone(&w.stats);
+        drop(w);
+        send_answers(&stats, &mut answers);
+        let mut w = lock(&shared);
+        // Keeps the vector's room for the next run.
+        *w.answers.borrow_mut() = answers;
+        w.after_run(true);
     }
+    let mut w = lock(&shared);
+    // From here on, no write runs inline.
+    w.closed = true;
+    send_answers(&Arc::clone(&w.stats), &mut w.answers.borrow_mut());
     // Writes queued behind a close (or sent while it ran) are answered `Closed`: none ran.
     while let Ok(msg) = rx.try_recv() {
         if let Msg::Write(job) = msg {
@@ -345,18 +443,16 @@ pub(crate) fn run(
             contain(|| job.answer(Err(closed)));
         }
     }
-    let Writer {
-        conn, checkpointer, ..
-    } = w;
-    if let Some(c) = checkpointer {
+    if let Some(c) = w.checkpointer.take() {
         drop(c.wake);
         let _ = c.thread.join();
     }
-    if let Some(conn) = conn {
+    if let Some(conn) = w.conn.take() {
         // Checkpoint so the WAL does not outlive the handle; a failure here loses nothing.
         let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
         drop(conn);
     }
+    drop(w);
     if let Some(ack) = closing {
         let _ = ack.send(());
     }
@@ -375,8 +471,8 @@ struct Entry {
     waited: bool,
 }
 
-struct Writer {
-    /// `None` only while a broken connection is being replaced.
+pub(crate) struct Writer {
+    /// `None` only while a broken connection is being replaced, and after close.
     conn: Option<Connection>,
     cfg: WriterConfig,
     stats: Arc<StatsInner>,
@@ -390,6 +486,19 @@ struct Writer {
     /// WAL size (pages) from which the writer tries its RESTART checkpoint again: raised
     /// by half a threshold after an attempt that could not reset the WAL.
     retry_checkpoint_at: std::cell::Cell<i64>,
+    /// Frames in the WAL after the last commit that wrote any.
+    wal_pages: i64,
+    /// An inline write found checkpoint work due and asked the writer thread for it.
+    maintain_due: bool,
+    /// The writer thread has ended: nothing runs inline any more.
+    closed: bool,
+    /// When the current transaction began.
+    tx_started: Instant,
+    /// Answers not sent yet (see [`send_answers`]).
+    answers: std::cell::RefCell<Answers>,
+    /// Moving average of a committed write's share of its transaction (from `BEGIN` to
+    /// the end of `COMMIT`), in ns: inline writes are for paths where writes are short.
+    avg_write_ns: u64,
 }
 
 /// How a closure's run ended.
@@ -442,6 +551,8 @@ impl Writer {
             };
             match next {
                 Some(Msg::Write(job)) => batch.push(entry(job)),
+                // Done after this run anyway.
+                Some(Msg::Maintain) => {}
                 Some(Msg::Close(ack)) => {
                     *closing = Some(ack);
                     break;
@@ -464,8 +575,14 @@ impl Writer {
     }
 
     fn one_by_one(&mut self, batch: Vec<Entry>) {
-        for entry in batch {
+        let last = batch.len().saturating_sub(1);
+        for (i, entry) in batch.into_iter().enumerate() {
             self.single(entry);
+            // Each caller hears right after its own commit; the last one once the lock
+            // is released (see `send_answers`).
+            if i < last {
+                send_answers(&self.stats, &mut self.answers.borrow_mut());
+            }
         }
     }
 
@@ -495,7 +612,7 @@ impl Writer {
     }
 
     /// Runs one closure with the hooks armed.
-    fn run_closure(&self, job: &mut dyn Job) -> Ran {
+    fn run_closure(&self, job: &mut dyn Run) -> Ran {
         let conn = self.conn();
         let before = conn.total_changes();
         self.watch.enter();
@@ -658,6 +775,7 @@ impl Writer {
         if !self.conn.as_ref().is_some_and(Connection::is_autocommit) {
             self.rollback();
         }
+        self.tx_started = Instant::now();
         match &self.conn {
             Some(conn) => exec(conn, "BEGIN IMMEDIATE").map_err(Error::from),
             None => Err(self.reopen_error.take().unwrap_or_else(|| Error::Closed {
@@ -668,7 +786,14 @@ impl Writer {
 
     /// `COMMIT`; on failure the transaction is rolled back.
     fn commit(&mut self) -> Result<()> {
+        // The WAL hook reports the WAL's size on the committing thread (a caller's, for
+        // an inline write): -1 tells that this commit wrote no frame.
+        WAL_PAGES.with(|p| p.set(-1));
         let committed = exec(self.conn(), "COMMIT");
+        let pages = WAL_PAGES.with(std::cell::Cell::get);
+        if pages >= 0 {
+            self.wal_pages = i64::from(pages);
+        }
         committed.map_err(|e| {
             self.rollback();
             Error::from(e)
@@ -713,8 +838,67 @@ impl Writer {
         }
     }
 
-    fn committed(&self, writes: usize, changes: u64) {
+    fn committed(&mut self, writes: usize, changes: u64) {
         self.stats.committed(writes, changes);
+        let per_write = u64::try_from(self.tx_started.elapsed().as_nanos()).unwrap_or(u64::MAX)
+            / writes.max(1) as u64;
+        // An eighth of the newest sample: one slow write does not turn inline writes off
+        // for long, a run of them does.
+        self.avg_write_ns = self.avg_write_ns - self.avg_write_ns / 8 + per_write / 8;
+    }
+
+    /// An inline write asked the writer thread for checkpoint work that has not run yet.
+    pub(crate) fn maintain_due(&self) -> bool {
+        self.maintain_due
+    }
+
+    /// The moving average of a write's time in its transaction.
+    pub(crate) fn avg_write(&self) -> Duration {
+        Duration::from_nanos(self.avg_write_ns)
+    }
+
+    /// Runs one write on the calling thread, when the writer thread is idle: the same
+    /// transaction, hooks and answers as [`Writer::single`], without the two thread
+    /// hand-offs. It never waits for a lock: when another process holds the write lock
+    /// (`BEGIN IMMEDIATE` or `COMMIT` busy), nothing is committed and `None` hands the
+    /// write to the writer thread, whose retry policy does the waiting. `None` too after
+    /// close, and without a usable connection (the writer thread reports why).
+    pub(crate) fn inline(&mut self, job: &mut dyn Run) -> Option<Result<()>> {
+        if self.closed {
+            return None;
+        }
+        let conn = self.conn.as_ref()?;
+        if !conn.is_autocommit() || conn.busy_timeout(Duration::ZERO).is_err() {
+            return None;
+        }
+        let begun = exec(conn, "BEGIN IMMEDIATE");
+        let restored = conn.busy_timeout(self.cfg.pragmas.busy_timeout);
+        if begun.is_err() || restored.is_err() {
+            // Ends the transaction if `BEGIN` worked but the timeout could not be restored.
+            self.rollback();
+            return None;
+        }
+        self.tx_started = Instant::now();
+        let _flag = InlineFlag::set();
+        self.stats
+            .waited(self.tx_started.saturating_duration_since(job.enqueued()));
+        let ran = self.run_closure(job);
+        if ran.rolled_back || ran.outcome.is_err() {
+            if ran.rolled_back {
+                self.stats.sqlite_rollbacks.fetch_add(1, Relaxed);
+            }
+            self.rollback();
+            return Some(ran.outcome);
+        }
+        match self.commit() {
+            Ok(()) => {
+                self.committed(1, ran.changes);
+                Some(Ok(()))
+            }
+            // Rolled back by `commit`: the writer thread runs it again, waiting per policy.
+            Err(e) if e.busy_code().is_some() => None,
+            Err(e) => Some(Err(e)),
+        }
     }
 
     /// After a run of writes was answered: past the threshold, wake the background
@@ -730,11 +914,18 @@ impl Writer {
     /// not after every write; meanwhile the background checkpointer, woken once per
     /// threshold of growth, resets the WAL as soon as the readers are gone. The WAL stays bounded under sustained load as long as reads
     /// are shorter than the wait.
-    fn after_run(&self) {
+    ///
+    /// After an inline write (`on_thread` false) the writer's own checkpoint is not run on
+    /// the caller's thread: the result is `true` when it is due and the writer thread
+    /// should be asked for it (once until it ran).
+    pub(crate) fn after_run(&mut self, on_thread: bool) -> bool {
+        if on_thread {
+            self.maintain_due = false;
+        }
         let (Some(c), Some(conn)) = (&self.checkpointer, &self.conn) else {
-            return;
+            return false;
         };
-        let pages = i64::from(WAL_PAGES.with(std::cell::Cell::get));
+        let pages = self.wal_pages;
         let threshold = i64::from(c.threshold);
         if pages < self.retry_checkpoint_at.get() / 2 {
             // The WAL started over (a background checkpoint caught up once the readers
@@ -742,13 +933,20 @@ impl Writer {
             self.retry_checkpoint_at.set(0);
         }
         if pages >= 4 * threshold && pages >= self.retry_checkpoint_at.get() {
-            let _running = c
-                .running
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let reset = self.checkpoint(conn, "PASSIVE") || self.restart(conn);
+            if !on_thread {
+                let ask = !self.maintain_due;
+                self.maintain_due = true;
+                return ask;
+            }
+            let reset = {
+                let _running = c
+                    .running
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                self.checkpoint(conn, "PASSIVE") || self.restart(conn)
+            };
             if reset {
-                WAL_PAGES.with(|p| p.set(0));
+                self.wal_pages = 0;
                 self.retry_checkpoint_at.set(0);
             } else {
                 self.retry_checkpoint_at
@@ -768,6 +966,7 @@ impl Writer {
                 let _ = c.wake.try_send(());
             }
         }
+        false
     }
 
     /// Runs `PRAGMA wal_checkpoint(mode)`; true when it copied every frame (so the next
@@ -810,8 +1009,7 @@ impl Writer {
         reset
     }
 
-    /// Counts and sends one answer. A panic while answering (the `Drop` of a value the
-    /// caller no longer waits for, or of the closure's captures) is contained and counted.
+    /// Counts one answer and keeps it until the lock is released (see [`send_answers`]).
     fn finish(&self, entry: Entry, outcome: Result<()>) {
         let counted = match &outcome {
             Ok(()) => Outcome::Ok,
@@ -819,9 +1017,20 @@ impl Writer {
             Err(_) => Outcome::Failed,
         };
         self.stats.answered(counted, entry.job.enqueued().elapsed());
-        let job = entry.job;
+        self.answers.borrow_mut().push((entry.job, outcome));
+    }
+}
+
+/// Answers written by [`Writer::finish`], sent once the writer's lock is released, so
+/// that a caller who writes again at once finds the path free for an inline write.
+type Answers = Vec<(Box<dyn Job>, Result<()>)>;
+
+/// Sends the answers. A panic while answering (the `Drop` of a value the caller no
+/// longer waits for, or of the closure's captures) is contained and counted.
+fn send_answers(stats: &StatsInner, answers: &mut Answers) {
+    for (job, outcome) in answers.drain(..) {
         if catch_unwind(AssertUnwindSafe(move || job.answer(outcome))).is_err() {
-            self.stats.panics.fetch_add(1, Relaxed);
+            stats.panics.fetch_add(1, Relaxed);
         }
     }
 }
