@@ -74,10 +74,11 @@
 //!    never earlier than the server's `Retry-After`; and never earlier than the end of
 //!    the host's open time when the host is open after the verdict (opened by this
 //!    outcome or before it; [`HostBreaker::open_until`], [`HostGate::open_until`]): a
-//!    retry due while the host is open would only be refused. The outcome carries the due time as
-//!    `retry_at` (`None` when nothing was scheduled: no queue, a method not retried, the
-//!    attempts used up, or the queue refused it — full, or a failed write, logged with
-//!    `tracing::warn!`).
+//!    retry due while the host is open would only be refused. (A URL already queued
+//!    keeps its earlier due time: see the queue's deduplication.) The outcome carries
+//!    the due time as `retry_at` (`None` when nothing was scheduled: no queue, a method
+//!    not retried, the attempts used up, or the queue refused it — full, or a failed
+//!    write, logged with `tracing::warn!`).
 //!
 //! # Redirects
 //!
