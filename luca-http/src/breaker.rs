@@ -447,6 +447,31 @@ impl HostBreaker {
         }
     }
 
+    /// Until when [`HostBreaker::check`] refuses `host` if it would refuse it now: the
+    /// `until` of the [`Open`] it would return (the end of the open time, or for a host
+    /// half-open the deadline of the probe in flight). `None` when the host is closed, not
+    /// tracked, or open with its open time over (the next `check` starts the probe).
+    ///
+    /// Use it to plan work for the host (a retry due before this time would only be
+    /// refused). It does not count as a use of the host (its idle time keeps running), but
+    /// like any access it applies a probe past its deadline (the host opens again).
+    pub fn open_until(&self, host: &str) -> Option<Instant> {
+        let host = host.to_ascii_lowercase();
+        let inner = &self.inner;
+        let hash = host_hash(&inner.hasher, &host);
+        let now = Instant::now();
+        let mut shard = lock(inner.shard(hash));
+        let e = shard
+            .map
+            .find_mut(hash, |e| e.hash == hash && e.key.is(&host))?;
+        inner.expire_probe(e, now);
+        match e.state {
+            State::Open { until } if now < until => Some(until),
+            State::HalfOpen { deadline, .. } => Some(deadline),
+            _ => None,
+        }
+    }
+
     /// Hosts currently tracked (closed ones included, until evicted).
     pub fn tracked_hosts(&self) -> usize {
         self.inner.shards.iter().map(|s| lock(&s.0).map.len()).sum()

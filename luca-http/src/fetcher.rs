@@ -44,6 +44,10 @@
 //!
 //! # What one fetch does
 //!
+//! 0. **URL**: a URL without a host (`mailto:x`, `file:///x`, …) is refused at once with
+//!    [`FetchOutcome::Failed`] (reqwest's builder error, naming the URL): it reaches
+//!    neither the breaker nor politeness (no entry is made for it, nothing counts as a
+//!    failure of any host), the metrics count no request, and nothing is scheduled.
 //! 1. **Breaker**: [`HostBreaker::check`] for the URL's [`authority`]. An open host gives
 //!    [`FetchOutcome::HostOpen`]`{ until }` without a request; the URL is queued for
 //!    `until` (if a [`RetryQueue`] is configured, whatever the method: nothing was sent).
@@ -67,10 +71,14 @@
 //! 6. **Retry**: for a retryable outcome (429, 5xx, timeout, connect error, body error) of
 //!    a retryable request (see [`Retry`]), the URL is scheduled in the queue at
 //!    `now + `[`Backoff::delay`]: exponential in the attempt number, with jitter, and
-//!    never earlier than the server's `Retry-After`. The outcome carries the due time as
-//!    `retry_at` (`None` when nothing was scheduled: no queue, a method not retried, the
-//!    attempts used up, or the queue refused it — full, or a failed write, logged with
-//!    `tracing::warn!`).
+//!    never earlier than the server's `Retry-After`; and never earlier than the end of
+//!    the host's open time when the host is open after the verdict (opened by this
+//!    outcome or before it; [`HostBreaker::open_until`], [`HostGate::open_until`]): a
+//!    retry due while the host is open would only be refused. (A URL already queued
+//!    keeps its earlier due time: see the queue's deduplication.) The outcome carries
+//!    the due time as `retry_at` (`None` when nothing was scheduled: no queue, a method
+//!    not retried, the attempts used up, or the queue refused it — full, or a failed
+//!    write, logged with `tracing::warn!`).
 //!
 //! # Redirects
 //!
@@ -83,16 +91,27 @@
 //!
 //! # Attempts
 //!
-//! The queue hands back URLs, not attempt numbers, so the fetcher counts the retryable
-//! failures of each URL itself, in a bounded map keyed by the URL as sent (before
-//! redirects): a failure that schedules a retry adds one; any final outcome (a response
-//! that is not retried) forgets the URL; after [`Backoff::max_attempts`] scheduled
-//! retries the next failure schedules nothing and forgets the URL too. The map holds at
-//! most [`FetcherConfig::max_tracked_urls`] URLs (100 000 by default); when full it
-//! forgets the half touched longest ago (those URLs' next backoff starts again from the
-//! first attempt). [`Fetcher::attempts`] reads a URL's count. Counts are per fetcher
-//! (clones share them) and not persisted: after a restart, retries loaded from a
-//! persistent queue start again from the first attempt.
+//! The fetcher counts the retryable failures of each URL, in a bounded map keyed by the
+//! URL as sent (before redirects): a failure that schedules a retry adds one; any final
+//! outcome (a response that is not retried) forgets the URL; after
+//! [`Backoff::max_attempts`] scheduled retries the next failure schedules nothing and
+//! forgets the URL too. [`Fetcher::attempts`] reads a URL's count. Counts are per
+//! fetcher (clones share them).
+//!
+//! Each retry is queued with its attempt number ([`RetryQueue::schedule_attempt`]; a
+//! `HostOpen` queues the URL with its current count), and a fetcher starts with the
+//! counts of the URLs queued in its [`RetryQueue`] when it is built
+//! ([`RetryQueue::attempts`]). With a persistent queue the numbers are in its table, so
+//! after a crash or a restart a URL taken from the reopened queue continues its backoff
+//! and its [`Backoff::max_attempts`] limit where the previous run left off (build the
+//! fetcher after opening the queue and before draining it). A URL fetched with a final
+//! outcome while it is still queued keeps its stored number in the queue until it comes
+//! back.
+//!
+//! The map holds at most [`FetcherConfig::max_tracked_urls`] URLs (100 000 by default,
+//! also the most counts taken from the queue at build, the earliest due first); when full
+//! it forgets the half touched longest ago (those URLs' next backoff starts again from
+//! the first attempt).
 //!
 //! # Cancellation
 //!
@@ -336,8 +355,9 @@ pub enum FetchOutcome {
     },
     /// The request could not be made at all, or failed in a way that is not the host's
     /// health (an invalid URL, a redirect loop): not retried, a breaker success. A URL
-    /// that does not parse is refused before the breaker and counts nothing; a failure
-    /// after sending (a redirect loop) counts the request without an outcome.
+    /// that does not parse or has no host is refused before the breaker and counts
+    /// nothing; a failure after sending (a redirect loop) counts the request without an
+    /// outcome.
     Failed {
         /// The client's error.
         error: reqwest::Error,
@@ -463,6 +483,19 @@ impl FetcherConfig {
             None => crate::client::client().await?,
         };
         let breaker = self.breaker.unwrap_or_default();
+        let cap = self.max_tracked.unwrap_or(100_000);
+        // Continue where a previous run left off: the attempt numbers stored with the
+        // queued URLs (a persistent queue loads them from its table).
+        let now = Instant::now();
+        let map: HashMap<String, (u32, Instant)> = self
+            .queue
+            .as_ref()
+            .map(RetryQueue::attempts)
+            .unwrap_or_default()
+            .into_iter()
+            .take(cap)
+            .map(|(url, n)| (url, (n, now)))
+            .collect();
         let trips_seen = AtomicU64::new(match &self.gate {
             Some(g) => g.trips(),
             None => breaker.trips(),
@@ -477,10 +510,7 @@ impl FetcherConfig {
                 queue: self.queue,
                 backoff: self.backoff,
                 max_body: self.max_body,
-                attempts: Mutex::new(Attempts {
-                    map: HashMap::new(),
-                    cap: self.max_tracked.unwrap_or(100_000),
-                }),
+                attempts: Mutex::new(Attempts { map, cap }),
                 trips_seen,
             }),
         })
@@ -641,6 +671,20 @@ impl Fetcher {
     pub async fn fetch_with(&self, req: reqwest::Request, retry: Retry) -> FetchOutcome {
         let inner = &*self.inner;
         let url = req.url().clone();
+        if url.host_str().is_none_or(str::is_empty) {
+            // No host, nothing to send: refused before the breaker, politeness and the
+            // metrics see it, with the error reqwest gives such a URL when a request is
+            // built with it (a builder error naming the URL). (If a reqwest ever built
+            // it, the fetch goes on as any other and its client refuses it: a URL
+            // without a host has a scheme other than http and https.)
+            if let Err(error) = inner
+                .client
+                .request(req.method().clone(), url.clone())
+                .build()
+            {
+                return FetchOutcome::Failed { error };
+            }
+        }
         let may_retry = retry.allows(req.method());
         let host = authority(&url);
 
@@ -651,7 +695,8 @@ impl Fetcher {
                 let retry_at = if retry == Retry::Never {
                     None
                 } else {
-                    self.schedule(&url, until).await
+                    let attempt = self.attempts(url.as_str());
+                    self.schedule(&url, until, attempt).await
                 };
                 return FetchOutcome::HostOpen { until, retry_at };
             }
@@ -675,7 +720,7 @@ impl Fetcher {
                 }
                 permit.failure(None);
                 self.sync_breaker();
-                let retry_at = self.retry(&url, may_retry, None).await;
+                let retry_at = self.retry(&url, &host, may_retry, None).await;
                 return if timeout {
                     FetchOutcome::Timeout { error, retry_at }
                 } else {
@@ -714,7 +759,7 @@ impl Fetcher {
                     inner.metrics.record_body_error();
                     permit.failure(None);
                     self.sync_breaker();
-                    let retry_at = self.retry(&url, may_retry, None).await;
+                    let retry_at = self.retry(&url, &host, may_retry, None).await;
                     FetchOutcome::Body {
                         status,
                         error,
@@ -752,7 +797,7 @@ impl Fetcher {
         }
         permit.failure(retry_after);
         self.sync_breaker();
-        let retry_at = self.retry(&url, may_retry, retry_after).await;
+        let retry_at = self.retry(&url, &host, may_retry, retry_after).await;
         if status == StatusCode::TOO_MANY_REQUESTS {
             FetchOutcome::TooManyRequests {
                 retry_after,
@@ -811,10 +856,20 @@ impl Fetcher {
             .set_open_hosts(u64::try_from(open).unwrap_or(u64::MAX));
     }
 
-    /// Schedules the retry of a retryable failure, if allowed; the due time.
+    /// Until when the host's breaker (the gate's, with a gate) refuses `host`, if open.
+    fn open_until(&self, host: &str) -> Option<Instant> {
+        match &self.inner.gate {
+            Some(g) => g.open_until(host),
+            None => self.inner.breaker.open_until(host),
+        }
+    }
+
+    /// Schedules the retry of a retryable failure, if allowed; the due time: the backoff
+    /// from now, or the end of the host's open time if that is later.
     async fn retry(
         &self,
         url: &Url,
+        host: &str,
         may_retry: bool,
         retry_after: Option<Duration>,
     ) -> Option<Instant> {
@@ -831,13 +886,18 @@ impl Fetcher {
             }
             n
         };
-        let due = crate::shard::later(now, self.inner.backoff.delay(attempt, retry_after));
-        self.schedule(url, due).await
+        let backoff = crate::shard::later(now, self.inner.backoff.delay(attempt, retry_after));
+        // A retry due while the host is still open would only be refused by the breaker.
+        let due = match self.open_until(host) {
+            Some(until) if until > backoff => until,
+            _ => backoff,
+        };
+        self.schedule(url, due, attempt).await
     }
 
-    async fn schedule(&self, url: &Url, due: Instant) -> Option<Instant> {
+    async fn schedule(&self, url: &Url, due: Instant, attempt: u32) -> Option<Instant> {
         let queue = self.inner.queue.as_ref()?;
-        match queue.schedule(url.as_str(), due).await {
+        match queue.schedule_attempt(url.as_str(), due, attempt).await {
             Ok(s) => {
                 self.inner.metrics.record_retry_scheduled();
                 Some(match s {

@@ -409,6 +409,32 @@ impl HostGate {
         Ok(permit)
     }
 
+    /// Until when the gate refuses `host` with [`Open`] if it would refuse it now: the end
+    /// of its open time, or for a host half-open the deadline of the probe in flight (as
+    /// [`HostBreaker::open_until`](crate::HostBreaker::open_until)). `None` when the
+    /// host's breaker is closed, the host is not tracked, or its open time is over (the
+    /// next acquire starts the probe). A host that is only busy (no free slot) is not
+    /// open.
+    ///
+    /// It does not count as a use of the host, but like any access it applies a probe
+    /// past its deadline (the host opens again).
+    pub fn open_until(&self, host: &str) -> Option<Instant> {
+        let host = lowered(host);
+        let inner = &*self.inner;
+        let hash = host_hash(&inner.hasher, &host);
+        let now = inner.ticks(Instant::now());
+        let mut shard = lock(inner.shard(hash));
+        let e = shard
+            .map
+            .find_mut(hash, |e| same(&e.key, host.as_bytes()))?;
+        inner.expire_probe(e, now);
+        match e.state() {
+            HALF_OPEN => Some(inner.instant(e.until)),
+            OPEN if now < e.until => Some(inner.instant(e.until)),
+            _ => None,
+        }
+    }
+
     /// Hosts currently tracked.
     pub fn tracked_hosts(&self) -> usize {
         self.inner.shards.iter().map(|s| lock(&s.0).map.len()).sum()

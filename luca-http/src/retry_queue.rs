@@ -51,6 +51,15 @@
 //! persistent queue opened on a table holding more rows than `max_len` loads them all
 //! and refuses new URLs until it has drained below the bound.
 //!
+//! # Attempt numbers
+//! Each queued URL carries an attempt number: which retry of the URL this entry is for
+//! (1 for the first retry), or 0 when it was scheduled without one.
+//! [`RetryQueue::schedule_attempt`] records it, [`RetryQueue::attempt`] and
+//! [`RetryQueue::attempts`] read it, and a persistent queue keeps it in its table, so it
+//! survives a restart with the entry. Scheduling a URL that is already queued keeps the
+//! larger of the two numbers. [`Fetcher`](crate::Fetcher) uses it to continue a URL's
+//! backoff and its attempt limit where the previous run left off.
+//!
 //! # Concurrency
 //! [`RetryQueue`] is a cheap `Clone + Send + Sync` handle; clones share one queue. Its
 //! state sits behind one `std::sync::Mutex` that is only ever held for a few map
@@ -73,8 +82,16 @@
 //! order), so the file always holds what the queue holds. The cost: each change of a
 //! persistent queue is one [`Db::write`] and waits for the previous change's commit, so
 //! its changes are not group-committed with each other (a `due` that takes many URLs is
-//! one write). A call that changes nothing (a [`Scheduled::Unchanged`], an empty `due`)
-//! writes nothing.
+//! one write). A call that changes nothing (a [`Scheduled::Unchanged`] that does not raise
+//! the attempt number, an empty `due`) writes nothing.
+//!
+//! ## The table
+//! One row per queued URL: `url TEXT PRIMARY KEY`, `due_unix_ms INTEGER` (below), `seq
+//! INTEGER` (the scheduling order) and `attempt INTEGER NOT NULL DEFAULT 0` (see
+//! [attempt numbers](#attempt-numbers)). A table made before the `attempt` column existed
+//! (the first three columns only) is given it when a queue opens on it (`ALTER TABLE …
+//! ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0`, in the same write that creates a
+//! missing table), so its rows load with attempt 0.
 //!
 //! ## Due times in the file
 //! The table stores each due time as wall-clock UNIX milliseconds (`due_unix_ms`). Each
@@ -190,27 +207,38 @@ struct Key {
     seq: u64,
 }
 
+/// A queued URL: its place in the due order and its attempt number.
+#[derive(Debug, Clone, Copy)]
+struct Queued {
+    key: Key,
+    attempt: u32,
+}
+
 #[derive(Default)]
 struct State {
-    by_url: HashMap<String, Key>,
+    by_url: HashMap<String, Queued>,
     by_due: BTreeMap<Key, String>,
     next_seq: u64,
 }
 
 impl State {
-    fn insert(&mut self, url: String, key: Key) {
-        if let Some(old) = self.by_url.insert(url.clone(), key) {
-            self.by_due.remove(&old);
+    fn insert(&mut self, url: String, key: Key, attempt: u32) {
+        if let Some(old) = self.by_url.insert(url.clone(), Queued { key, attempt }) {
+            self.by_due.remove(&old.key);
         }
         self.by_due.insert(key, url);
     }
 
-    /// What scheduling `url` at `due` would do, without doing it.
-    fn plan(&self, url: &str, due: Instant) -> Plan {
+    /// What scheduling `url` at `due` with `attempt` (`None`: keep the stored one)
+    /// would do, without doing it.
+    fn plan(&self, url: &str, due: Instant, attempt: Option<u32>) -> Plan {
         match self.by_url.get(url) {
-            Some(key) if key.due <= due => Plan::Keep(key.due),
-            Some(key) => Plan::Advance(key.due),
-            None => Plan::Add,
+            Some(q) if q.key.due <= due => {
+                let raised = attempt.filter(|&a| a > q.attempt);
+                Plan::Keep(q.key.due, raised)
+            }
+            Some(q) => Plan::Advance(q.key.due, q.attempt.max(attempt.unwrap_or(0))),
+            None => Plan::Add(attempt.unwrap_or(0)),
         }
     }
 
@@ -225,17 +253,20 @@ impl State {
     }
 
     fn remove(&mut self, url: &str) -> Option<Key> {
-        let key = self.by_url.remove(url)?;
-        self.by_due.remove(&key);
-        Some(key)
+        let q = self.by_url.remove(url)?;
+        self.by_due.remove(&q.key);
+        Some(q.key)
     }
 }
 
+/// What a schedule does: add the URL with an attempt number; move it earlier, with the
+/// attempt number it then has; or keep its due time, raising its attempt number to the
+/// given one (`Some`) or changing nothing (`None`).
 #[derive(Debug, Clone, Copy)]
 enum Plan {
-    Add,
-    Advance(Instant),
-    Keep(Instant),
+    Add(u32),
+    Advance(Instant, u32),
+    Keep(Instant, Option<u32>),
 }
 
 struct Store {
@@ -295,8 +326,8 @@ impl ClockMap {
 #[derive(Debug, Clone)]
 struct Row {
     url: String,
-    /// `None`: the URL is not queued; delete its row.
-    entry: Option<(i64, u64)>,
+    /// `(due_unix_ms, seq, attempt)`; `None`: the URL is not queued; delete its row.
+    entry: Option<(i64, u64, u32)>,
 }
 
 impl fmt::Debug for RetryQueue {
@@ -379,38 +410,49 @@ impl RetryQueue {
             "CREATE TABLE IF NOT EXISTS \"{table}\" (\
              url TEXT PRIMARY KEY NOT NULL, \
              due_unix_ms INTEGER NOT NULL, \
-             seq INTEGER NOT NULL)"
+             seq INTEGER NOT NULL, \
+             attempt INTEGER NOT NULL DEFAULT 0)"
         );
+        let migrate_table = table.to_owned();
         db.write(move |conn| {
             conn.execute_batch(&create)?;
+            migrate(conn, &migrate_table)?;
             Ok(())
         })
         .await?;
-        let select = format!("SELECT url, due_unix_ms, seq FROM \"{table}\"");
-        let rows: Vec<(String, i64, i64)> = db
+        let select = format!("SELECT url, due_unix_ms, seq, attempt FROM \"{table}\"");
+        let rows: Vec<(String, i64, i64, i64)> = db
             .read(move |conn| {
                 let mut stmt = conn.prepare(&select)?;
                 let rows = stmt
-                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
                     .collect::<rusqlite::Result<Vec<_>>>()?;
                 Ok(rows)
             })
             .await?;
         let clock = ClockMap::now();
         let mut state = State::default();
-        for (url, due_ms, seq) in rows {
-            let Ok(seq) = u64::try_from(seq) else {
-                return Err(RetryQueueError::BadRow {
+        for (url, due_ms, seq, attempt) in rows {
+            let bad = |reason: String| {
+                Err(RetryQueueError::BadRow {
                     table: table.to_owned(),
-                    reason: format!("`seq` of `{url}` is negative ({seq})"),
-                });
+                    reason,
+                })
+            };
+            let Ok(seq) = u64::try_from(seq) else {
+                return bad(format!("`seq` of `{url}` is negative ({seq})"));
+            };
+            let Ok(attempt) = u32::try_from(attempt) else {
+                return bad(format!(
+                    "`attempt` of `{url}` is not in 0..=4294967295 ({attempt})"
+                ));
             };
             state.next_seq = state.next_seq.max(seq.saturating_add(1));
             let key = Key {
                 due: clock.to_instant(due_ms),
                 seq,
             };
-            state.insert(url, key);
+            state.insert(url, key, attempt);
         }
         tracing::debug!(table, loaded = state.by_url.len(), "retry queue loaded");
         let store = Store {
@@ -457,10 +499,35 @@ impl RetryQueue {
         url: impl Into<String>,
         due: Instant,
     ) -> Result<Scheduled, RetryQueueError> {
-        let url = url.into();
+        self.schedule_as(url.into(), due, None).await
+    }
+
+    /// [`RetryQueue::schedule`], recording that this retry is attempt number `attempt`
+    /// of the URL (see [attempt numbers](self#attempt-numbers)). A URL already queued
+    /// keeps the earlier due time as with `schedule`, and the larger of its stored and
+    /// the given attempt number; a larger number is written even when the due time is
+    /// kept ([`Scheduled::Unchanged`]).
+    ///
+    /// # Errors
+    /// As [`RetryQueue::schedule`].
+    pub async fn schedule_attempt(
+        &self,
+        url: impl Into<String>,
+        due: Instant,
+        attempt: u32,
+    ) -> Result<Scheduled, RetryQueueError> {
+        self.schedule_as(url.into(), due, Some(attempt)).await
+    }
+
+    async fn schedule_as(
+        &self,
+        url: String,
+        due: Instant,
+        attempt: Option<u32>,
+    ) -> Result<Scheduled, RetryQueueError> {
         let Some(store) = &self.inner.store else {
             let mut state = self.state();
-            let plan = self.check(&state, &url, due)?;
+            let plan = self.check(&state, &url, due, attempt)?;
             let key = Key {
                 due,
                 seq: state.next_seq,
@@ -472,19 +539,24 @@ impl RetryQueue {
         let gate = Arc::clone(&store.gate).lock_owned().await;
         let (plan, key) = {
             let state = self.state();
-            let plan = self.check(&state, &url, due)?;
-            let key = Key {
-                due,
-                seq: state.next_seq,
+            let plan = self.check(&state, &url, due, attempt)?;
+            let key = match (plan, state.by_url.get(&url)) {
+                // The due time is kept: so is the entry's place in the order.
+                (Plan::Keep(..), Some(q)) => q.key,
+                _ => Key {
+                    due,
+                    seq: state.next_seq,
+                },
             };
             (plan, key)
         };
-        if let Plan::Keep(kept) = plan {
-            return Ok(Scheduled::Unchanged { due: kept });
-        }
+        let attempt = match plan {
+            Plan::Keep(kept, None) => return Ok(Scheduled::Unchanged { due: kept }),
+            Plan::Keep(_, Some(a)) | Plan::Advance(_, a) | Plan::Add(a) => a,
+        };
         let row = Row {
             url: url.clone(),
-            entry: Some((store.clock.to_unix_ms(due), key.seq)),
+            entry: Some((store.clock.to_unix_ms(key.due), key.seq, attempt)),
         };
         let mut restore = Restore::new(self, gate, vec![url.clone()]);
         let written = self.write_rows(store, vec![row]).await;
@@ -494,9 +566,15 @@ impl RetryQueue {
         Ok(self.apply_schedule(&mut state, url, key, plan))
     }
 
-    fn check(&self, state: &State, url: &str, due: Instant) -> Result<Plan, RetryQueueError> {
-        let plan = state.plan(url, due);
-        if matches!(plan, Plan::Add) && state.by_url.len() >= self.inner.max_len {
+    fn check(
+        &self,
+        state: &State,
+        url: &str,
+        due: Instant,
+        attempt: Option<u32>,
+    ) -> Result<Plan, RetryQueueError> {
+        let plan = state.plan(url, due, attempt);
+        if matches!(plan, Plan::Add(_)) && state.by_url.len() >= self.inner.max_len {
             return Err(RetryQueueError::Full {
                 url: url.to_owned(),
                 max_len: self.inner.max_len,
@@ -506,13 +584,18 @@ impl RetryQueue {
     }
 
     fn apply_schedule(&self, state: &mut State, url: String, key: Key, plan: Plan) -> Scheduled {
-        let outcome = match plan {
-            Plan::Keep(kept) => return Scheduled::Unchanged { due: kept },
-            Plan::Add => Scheduled::Added,
-            Plan::Advance(previous) => Scheduled::Advanced { previous },
+        let (outcome, attempt) = match plan {
+            Plan::Keep(kept, raised) => {
+                if let (Some(a), Some(q)) = (raised, state.by_url.get_mut(&url)) {
+                    q.attempt = a;
+                }
+                return Scheduled::Unchanged { due: kept };
+            }
+            Plan::Add(a) => (Scheduled::Added, a),
+            Plan::Advance(previous, a) => (Scheduled::Advanced { previous }, a),
         };
         state.next_seq = state.next_seq.max(key.seq.saturating_add(1));
-        state.insert(url, key);
+        state.insert(url, key, attempt);
         self.inner.changed.notify_waiters();
         outcome
     }
@@ -620,7 +703,28 @@ impl RetryQueue {
 
     /// The due time of `url`, if it is queued.
     pub fn due_time(&self, url: &str) -> Option<Instant> {
-        self.state().by_url.get(url).map(|key| key.due)
+        self.state().by_url.get(url).map(|q| q.key.due)
+    }
+
+    /// The attempt number stored with `url`, if it is queued (0 when it was scheduled
+    /// without one, with [`RetryQueue::schedule`]); see
+    /// [attempt numbers](self#attempt-numbers).
+    pub fn attempt(&self, url: &str) -> Option<u32> {
+        self.state().by_url.get(url).map(|q| q.attempt)
+    }
+
+    /// Every queued URL whose attempt number is not 0, with that number, in due order (a
+    /// snapshot; nothing is removed).
+    pub fn attempts(&self) -> Vec<(String, u32)> {
+        let state = self.state();
+        state
+            .by_due
+            .values()
+            .filter_map(|url| {
+                let a = state.by_url.get(url)?.attempt;
+                (a > 0).then(|| (url.clone(), a))
+            })
+            .collect()
     }
 
     /// Every queued URL with its due time, in due order (a snapshot; nothing is removed).
@@ -663,17 +767,37 @@ impl RetryQueue {
     }
 }
 
+/// Adds the `attempt` column to a queue table made before it existed (url, due_unix_ms
+/// and seq only), with the default 0. A table of another shape is left alone (reading it
+/// then fails with a typed error).
+fn migrate(conn: &Connection, table: &str) -> luca_core::Result<()> {
+    let columns = conn
+        .prepare("SELECT name FROM pragma_table_info(?1)")?
+        .query_map([table], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let has = |c: &str| columns.iter().any(|n| n.eq_ignore_ascii_case(c));
+    if has("url") && has("due_unix_ms") && has("seq") && !has("attempt") {
+        conn.execute_batch(&format!(
+            "ALTER TABLE \"{table}\" ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0"
+        ))?;
+        tracing::info!(table, "retry queue table: added the `attempt` column");
+    }
+    Ok(())
+}
+
 fn write_rows(conn: &Connection, table: &str, rows: &[Row]) -> luca_core::Result<()> {
     for row in rows {
         match row.entry {
-            Some((due_ms, seq)) => {
+            Some((due_ms, seq, attempt)) => {
                 let seq = i64::try_from(seq).unwrap_or(i64::MAX);
                 conn.prepare_cached(&format!(
-                    "INSERT INTO \"{table}\" (url, due_unix_ms, seq) VALUES (?1, ?2, ?3) \
+                    "INSERT INTO \"{table}\" (url, due_unix_ms, seq, attempt) \
+                     VALUES (?1, ?2, ?3, ?4) \
                      ON CONFLICT (url) DO UPDATE SET \
-                     due_unix_ms = excluded.due_unix_ms, seq = excluded.seq"
+                     due_unix_ms = excluded.due_unix_ms, seq = excluded.seq, \
+                     attempt = excluded.attempt"
                 ))?
-                .execute(rusqlite::params![row.url, due_ms, seq])?;
+                .execute(rusqlite::params![row.url, due_ms, seq, attempt])?;
             }
             None => {
                 conn.prepare_cached(&format!("DELETE FROM \"{table}\" WHERE url = ?1"))?
@@ -730,8 +854,8 @@ impl Drop for Restore {
                 let state = queue.state();
                 urls.into_iter()
                     .map(|url| {
-                        let entry = state.by_url.get(&url).map(|key| {
-                            (store.clock.to_unix_ms(key.due), key.seq)
+                        let entry = state.by_url.get(&url).map(|q| {
+                            (store.clock.to_unix_ms(q.key.due), q.key.seq, q.attempt)
                         });
                         Row { url, entry }
                     })

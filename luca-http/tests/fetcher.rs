@@ -130,7 +130,17 @@ async fn every_outcome_end_to_end() {
         .await
         .unwrap();
     let url = |host: &str, path: &str| format!("http://{host}:{port}{path}");
-    let first = backoff().bounds(1, None);
+    // The first backoff step (5–10 s) is shorter than the breaker's first penalty (30 s,
+    // the default): a failure without a longer Retry-After is due when its host closes.
+    let (_, longest) = backoff().bounds(1, None);
+    let penalty = BreakerConfig::default().penalty(false, 1);
+    assert!(longest < penalty);
+    let first = (penalty, penalty);
+    let at_open_end = |out: &FetchOutcome, host: &str| {
+        let until = breaker.open_until(host);
+        assert!(until.is_some(), "{host} is open");
+        assert_eq!(out.retry_at(), until, "{host}: due when it closes");
+    };
 
     // 200
     match fetcher.fetch(url("ok.test", "/page")).await {
@@ -212,6 +222,7 @@ async fn every_outcome_end_to_end() {
         other => panic!("503: {other:?}"),
     }
     assert_due(&queue, &u, out.retry_at(), (before, after), first);
+    at_open_end(&out, &format!("busy.test:{port}"));
 
     // A stall longer than the client timeout.
     let u = url("stall.test", "/stall");
@@ -223,6 +234,7 @@ async fn every_outcome_end_to_end() {
         "stall: {out:?}"
     );
     assert_due(&queue, &u, out.retry_at(), (before, after), first);
+    at_open_end(&out, &format!("stall.test:{port}"));
 
     // A reset before any response: the connection broke.
     let u = url("reset.test", "/reset");
@@ -234,6 +246,7 @@ async fn every_outcome_end_to_end() {
         "reset: {out:?}"
     );
     assert_due(&queue, &u, out.retry_at(), (before, after), first);
+    at_open_end(&out, &format!("reset.test:{port}"));
 
     // A 200 whose body stalls past the timeout.
     let u = url("body.test", "/slow-body");
@@ -245,6 +258,7 @@ async fn every_outcome_end_to_end() {
         other => panic!("slow body: {other:?}"),
     }
     assert_due(&queue, &u, out.retry_at(), (before, after), first);
+    at_open_end(&out, &format!("body.test:{port}"));
 
     // A closed port.
     let u = format!("http://{closed}/page");
@@ -256,6 +270,7 @@ async fn every_outcome_end_to_end() {
         "closed: {out:?}"
     );
     assert_due(&queue, &u, out.retry_at(), (before, after), first);
+    at_open_end(&out, &closed.to_string());
 
     let snap = metrics.snapshot();
     assert_eq!(snap.requests, 12, "{snap}");

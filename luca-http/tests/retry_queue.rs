@@ -686,3 +686,153 @@ async fn a_row_that_is_not_a_retry_entry_is_a_typed_error() {
     }
     db.close().await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn attempt_numbers_keep_the_larger_and_survive_moves() {
+    let q = RetryQueue::new(10);
+    let t0 = Instant::now();
+    assert_eq!(
+        q.schedule_attempt("u", t0 + 10 * SECOND, 2).await.unwrap(),
+        Scheduled::Added
+    );
+    assert_eq!(q.attempt("u"), Some(2));
+    // Later due time, smaller number: nothing changes.
+    assert_eq!(
+        q.schedule_attempt("u", t0 + 20 * SECOND, 1).await.unwrap(),
+        Scheduled::Unchanged {
+            due: t0 + 10 * SECOND
+        }
+    );
+    assert_eq!(q.attempt("u"), Some(2));
+    // Earlier due time, smaller number: moved, the number kept.
+    assert!(matches!(
+        q.schedule_attempt("u", t0 + 5 * SECOND, 1).await.unwrap(),
+        Scheduled::Advanced { .. }
+    ));
+    assert_eq!(q.attempt("u"), Some(2));
+    // Plain `schedule` keeps the number.
+    q.schedule("u", t0 + SECOND).await.unwrap();
+    assert_eq!(q.attempt("u"), Some(2));
+    // Later due time, larger number: the due time kept, the number raised.
+    assert_eq!(
+        q.schedule_attempt("u", t0 + 30 * SECOND, 4).await.unwrap(),
+        Scheduled::Unchanged { due: t0 + SECOND }
+    );
+    assert_eq!(q.attempt("u"), Some(4));
+    q.schedule("plain", t0 + 2 * SECOND).await.unwrap();
+    q.schedule_attempt("third", t0, 1).await.unwrap();
+    assert_eq!(q.attempt("plain"), Some(0));
+    assert_eq!(q.attempt("missing"), None);
+    // Only numbered entries, in due order.
+    assert_eq!(q.attempts(), [("third".to_owned(), 1), ("u".to_owned(), 4)]);
+    // Taken out: the number goes with the entry.
+    assert_eq!(q.due(t0 + SECOND).await.unwrap(), ["third", "u"]);
+    assert_eq!(q.attempt("u"), None);
+}
+
+/// The rows of a queue table with their attempt numbers, in due order.
+fn file_attempts(path: &Path, table: &str) -> Vec<(String, i64)> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let mut stmt = conn
+        .prepare(&format!(
+            "SELECT url, attempt FROM \"{table}\" ORDER BY due_unix_ms, seq"
+        ))
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_of_the_schema_before_attempts_opens_and_gains_the_column() {
+    let tmp = TempDb::new();
+    // A file as the queue wrote it before attempt numbers existed: url, due, seq only.
+    let now_ms = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
+    {
+        let conn = Connection::open(tmp.path()).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE luca_retry_queue (\
+             url TEXT PRIMARY KEY NOT NULL, \
+             due_unix_ms INTEGER NOT NULL, \
+             seq INTEGER NOT NULL)",
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO luca_retry_queue (url, due_unix_ms, seq) VALUES \
+             ('https://old.test/a', ?1, 0), ('https://old.test/b', ?2, 1)",
+            [now_ms + 3_600_000, now_ms + 7_200_000],
+        )
+        .unwrap();
+    }
+
+    let db = Db::open(tmp.path()).await.unwrap();
+    let q = RetryQueue::persistent(&db, 10).await.unwrap();
+    assert_eq!(
+        urls(&q.entries()),
+        ["https://old.test/a", "https://old.test/b"]
+    );
+    assert_eq!(q.attempt("https://old.test/a"), Some(0));
+    assert!(q.attempts().is_empty());
+    // The old rows read as attempt 0 from the file too.
+    assert_eq!(
+        file_attempts(tmp.path(), DEFAULT_TABLE),
+        [
+            ("https://old.test/a".to_owned(), 0),
+            ("https://old.test/b".to_owned(), 0)
+        ]
+    );
+    let t0 = Instant::now();
+    q.schedule_attempt("https://old.test/c", t0 + 3 * HOUR, 3)
+        .await
+        .unwrap();
+    // Kept due time, raised number: written.
+    q.schedule_attempt("https://old.test/a", t0 + 5 * HOUR, 2)
+        .await
+        .unwrap();
+    db.close().await.unwrap();
+    drop(q);
+
+    // Reopened (the column is there now: nothing to migrate): the numbers are back.
+    let db = Db::open(tmp.path()).await.unwrap();
+    let q = RetryQueue::persistent(&db, 10).await.unwrap();
+    assert_eq!(
+        q.attempts(),
+        [
+            ("https://old.test/a".to_owned(), 2),
+            ("https://old.test/c".to_owned(), 3)
+        ]
+    );
+    assert_eq!(q.attempt("https://old.test/b"), Some(0));
+    db.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_negative_attempt_is_a_bad_row() {
+    let tmp = TempDb::new();
+    let db = Db::open(tmp.path()).await.unwrap();
+    RetryQueue::persistent(&db, 10).await.unwrap();
+    db.write(|c| {
+        c.execute(
+            "INSERT INTO luca_retry_queue (url, due_unix_ms, seq, attempt) \
+             VALUES ('neg', 0, 0, -1)",
+            [],
+        )?;
+        Ok(())
+    })
+    .await
+    .unwrap();
+    match RetryQueue::persistent(&db, 10).await {
+        Err(RetryQueueError::BadRow { reason, .. }) => {
+            assert!(reason.contains("`attempt` of `neg`"), "{reason}");
+        }
+        other => panic!("expected BadRow, got {other:?}"),
+    }
+    db.close().await.unwrap();
+}
