@@ -250,14 +250,14 @@ async fn luca_db(path: &Path, kind: Part) -> Result<Db, BoxError> {
     for w in 0..16u32 {
         let db = db.clone();
         warm.push(tokio::spawn(async move {
+            // Not checked here: the measured reads count wrong answers.
             for seq in 0..8 {
-                luca_read(&db, kind, key(kind, u32::MAX - w, seq)).await?;
+                let _ = luca_read(&db, kind, key(kind, u32::MAX - w, seq)).await;
             }
-            Ok::<(), String>(())
         }));
     }
     for t in warm {
-        t.await??;
+        t.await?;
     }
     Ok(db)
 }
@@ -1086,10 +1086,12 @@ fn print_tables(report: &Report, args: &Args) {
                 if w.iter().any(|r| !r.note.is_empty()) {
                     e += " (a writer ran out of writes early)";
                 }
-                (
-                    format!("{:.0}", median(w.iter().map(|r| r.ops_per_sec()).collect())),
-                    e,
-                )
+                let ops = if w.is_empty() {
+                    "—".to_owned()
+                } else {
+                    format!("{:.0}", median(w.iter().map(|r| r.ops_per_sec()).collect()))
+                };
+                (ops, e)
             } else {
                 ("—".into(), "—".into())
             };
