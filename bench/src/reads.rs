@@ -438,7 +438,9 @@ async fn read_cell(
 ) -> Result<Sample, BoxError> {
     let tmp = copy_of(template)?;
     let writers = if with_writers { READ_WRITERS } else { 0 };
-    let cap = u32::try_from(ops).unwrap_or(u32::MAX);
+    // Each writer may write twice the cell's reads: enough to outlast the readers (the
+    // table says when one ran out), bounded all the same.
+    let cap = u32::try_from(ops.saturating_mul(2)).unwrap_or(u32::MAX);
     let deadline = Instant::now() + limit + Duration::from_secs(1);
     let (d, wrote, note) = if system == LUCA {
         let db = luca_db(tmp.path(), kind).await?;
