@@ -1040,6 +1040,11 @@ pub(crate) fn run(rt: &tokio::runtime::Runtime, args: &Args, systems: &[&'static
         report.hop = Some(rt.block_on(hop_probe(path, n)).map_err(|e| e.to_string()));
     }
     print_tables(&report, args);
+    if let Some(path) = &args.tsv
+        && let Err(e) = append_tsv(path, &report)
+    {
+        eprintln!("cannot append the read rows to {}: {e}", path.display());
+    }
     report
 }
 
@@ -1230,6 +1235,34 @@ fn print_tables(report: &Report, args: &Args) {
             if w.then_seen { "saw" } else { "did NOT see" },
         ),
     }
+}
+
+/// Appends every pass of every read and mixed cell to the `--tsv` file, as `row` lines:
+/// `workload` is `point`, `scan` or `mixed`, `writers` the readers (tasks); a cell with
+/// writers beside its readers says so in `system`, and its writers get a line of their
+/// own (`workload` `insert`, system `… (writers beside … readers)`).
+fn append_tsv(path: &Path, report: &Report) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut out = String::new();
+    for c in &report.cells {
+        for s in &c.passes {
+            let mut r = s.row.clone();
+            if c.with_writers {
+                r.system += &format!(" + {READ_WRITERS} writers");
+            }
+            out += &(r.to_line() + "\n");
+            if let (true, Some(w)) = (c.with_writers, &s.writes) {
+                let mut w = w.clone();
+                w.system += &format!(" (writers beside {} {} readers)", c.n, c.part.name());
+                out += &(w.to_line() + "\n");
+            }
+        }
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?
+        .write_all(out.as_bytes())
 }
 
 /// Prints one target line: PASS / MISS, or SKIP when its cells were not run.
