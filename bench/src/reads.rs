@@ -788,10 +788,12 @@ impl Cost {
 }
 
 /// One reader, one operation at a time: a point lookup on a plain connection on this
-/// thread, a bare `tokio::task::spawn_blocking` hop, `Db::read` with an empty closure,
+/// thread, the same inside `tokio::task::block_in_place` from a task (no hop to another
+/// thread), a bare `tokio::task::spawn_blocking` hop, `Db::read` with an empty closure,
 /// and `Db::read` with the point lookup.
 struct HopProbe {
     serial: Cost,
+    in_place: Cost,
     spawn_blocking: Cost,
     read_empty: Cost,
     read_point: Cost,
@@ -810,8 +812,18 @@ async fn hop_probe(template: &Path, n: u32) -> Result<HopProbe, BoxError> {
         flatten_plain(read_op(&conn, Part::Point, key(Part::Point, 0, seq)))?;
         timed(&mut ns, t0);
     }
-    drop(conn);
     let serial = Cost::of(std::mem::take(&mut ns));
+    for seq in 0..n {
+        let t0 = Instant::now();
+        tokio::task::block_in_place(|| {
+            flatten_plain(read_op(&conn, Part::Point, key(Part::Point, 1, seq)))
+        })?;
+        timed(&mut ns, t0);
+        // A task boundary, as between the reads of a real task.
+        tokio::task::yield_now().await;
+    }
+    drop(conn);
+    let in_place = Cost::of(std::mem::take(&mut ns));
     for _ in 0..n {
         let t0 = Instant::now();
         tokio::task::spawn_blocking(|| ()).await?;
@@ -834,6 +846,7 @@ async fn hop_probe(template: &Path, n: u32) -> Result<HopProbe, BoxError> {
     db.close().await?;
     Ok(HopProbe {
         serial,
+        in_place,
         spawn_blocking,
         read_empty,
         read_point,
@@ -1037,7 +1050,14 @@ pub(crate) fn run(rt: &tokio::runtime::Runtime, args: &Args, systems: &[&'static
     if parts.contains(&Part::Point) && systems.contains(&LUCA) {
         eprintln!("reads: where the time of one Db::read goes…");
         let n = u32::try_from(args.ops.clamp(100, 20_000)).unwrap_or(20_000);
-        report.hop = Some(rt.block_on(hop_probe(path, n)).map_err(|e| e.to_string()));
+        // On a worker of the runtime, as the reads of a task run.
+        let owned = path.to_path_buf();
+        let probe = rt.block_on(async move {
+            tokio::spawn(async move { hop_probe(&owned, n).await.map_err(|e| e.to_string()) })
+                .await
+                .map_err(|e| e.to_string())?
+        });
+        report.hop = Some(probe);
     }
     print_tables(&report, args);
     if let Some(path) = &args.tsv
@@ -1207,9 +1227,11 @@ fn print_tables(report: &Report, args: &Args) {
             let c = |c: Cost| format!("p50 {}, mean {}", fmt_ns(c.p50), fmt_ns(c.mean));
             println!(
                 "\none read at a time, one task (p50, mean): point lookup on a plain connection: {};\n\
+                 the same from a task in block_in_place (no hop): {};\n\
                  bare tokio spawn_blocking hop: {}; Db::read(|_| Ok(())): {};\n\
                  Db::read with the point lookup: {}",
                 c(h.serial),
+                c(h.in_place),
                 c(h.spawn_blocking),
                 c(h.read_empty),
                 c(h.read_point),
