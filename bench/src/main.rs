@@ -20,12 +20,21 @@
 //! the counter, is a lost write. It also measures peak memory with 10 000 writes queued,
 //! and prints PASS/MISS for the targets of issue 3 (exit status 1 on a miss).
 //!
+//! Then the read section and the mixed workload of issue 13 (`reads.rs`, `--reads`):
+//! `Db::read` at `--readers` concurrent readers, alone and with 16 writers running,
+//! against deadpool-sqlite (default pool and pool = N) and one serial connection, for
+//! point lookups and 100-row range scans on a pre-filled file; a direct check that reads
+//! never wait on a held write; and a mixed workload of 64 tasks (90 % reads, 10 %
+//! inserts, with the lost-write check). Its targets print PASS/MISS (SKIP when their
+//! cells were not run) beside the others.
+//!
 //! ```text
 //! bash bench/run.sh                       # builds both programs in release, runs this
 //! cargo run --release -p luca-bench -- --help
 //! ```
 
 mod harness;
+mod reads;
 mod recorder;
 
 use std::collections::BTreeMap;
@@ -57,7 +66,8 @@ luca-bench: the Db write-path benchmark
 usage: luca-bench [--ops N] [--passes P] [--time-limit SECS] [--writers 1,16,64,256]
                   [--workloads insert,rmw] [--queued N] [--sqlx-bin PATH | --no-sqlx]
                   [--systems luca,luca-off,luca-metrics,deadpool,deadpool-n,sqlx] [--tsv PATH]
-                  [--luca-wal-autocheckpoint PAGES]
+                  [--luca-wal-autocheckpoint PAGES] [--reads point,scan,no-wait,mixed]
+                  [--readers 1,16,64]
 
   --ops         operations per cell and pass (default 20000)
   --passes      passes over the whole matrix (default 3); a cell reports the median of
@@ -73,7 +83,12 @@ usage: luca-bench [--ops N] [--passes P] [--time-limit SECS] [--writers 1,16,64,
   --tsv         also write every row, machine-readable (one `row` line each), to PATH
   --luca-wal-autocheckpoint
                 a diagnostic, not the default configuration: build both luca systems
-                with .wal_autocheckpoint(PAGES) (0 = no automatic checkpoints)";
+                with .wal_autocheckpoint(PAGES) (0 = no automatic checkpoints)
+  --reads       which parts of the read section run after the write matrix (default: all;
+                `none` for none): point lookups, range scans, the reads-never-wait-on-
+                writes check, the mixed workload; --ops, --passes, --time-limit apply,
+                --systems picks among luca, deadpool and deadpool-n
+  --readers     concurrent readers per read cell (default 1,16,64)";
 
 struct Args {
     ops: u64,
@@ -88,6 +103,9 @@ struct Args {
     systems: Option<Vec<&'static str>>,
     /// A diagnostic: `wal_autocheckpoint` for both luca systems instead of the default.
     luca_autocheckpoint: Option<u32>,
+    /// The parts of the read section (issue 13).
+    reads: Vec<reads::Part>,
+    readers: Vec<usize>,
 }
 
 /// The systems by their short names for `--systems`.
@@ -115,6 +133,8 @@ fn parse_args() -> Result<Args, String> {
         tsv: None,
         systems: None,
         luca_autocheckpoint: None,
+        reads: reads::Part::ALL.to_vec(),
+        readers: vec![1, 16, 64],
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -145,6 +165,13 @@ fn parse_args() -> Result<Args, String> {
                     .collect::<Result<_, _>>()?;
             }
             "--queued" => args.queued = value.parse().map_err(|_| bad())?,
+            "--reads" => args.reads = reads::Part::parse_list(&value).ok_or_else(bad)?,
+            "--readers" => {
+                args.readers = value
+                    .split(',')
+                    .map(|n| n.trim().parse().map_err(|_| bad()))
+                    .collect::<Result<_, _>>()?;
+            }
             "--sqlx-bin" => args.sqlx_bin = Some(PathBuf::from(value)),
             "--tsv" => args.tsv = Some(PathBuf::from(value)),
             "--luca-wal-autocheckpoint" => {
@@ -947,6 +974,8 @@ fn main() -> ExitCode {
         }
     }
 
+    let read_report = reads::run(&rt, &args, &systems);
+
     println!();
     let memory = match memory {
         Ok(m) => {
@@ -1081,6 +1110,7 @@ fn main() -> ExitCode {
             metric_rows.join(", ")
         );
     }
+    reads::targets(&read_report, &mut verdicts);
     println!(
         "\ntotal time: {:.0} s; load average (1 min) {} at the start, {} at the end",
         run_start.elapsed().as_secs_f64(),
