@@ -312,3 +312,127 @@ async fn many_writers_mix_inline_and_queued_writes_and_every_answer_matches_the_
         acked.len()
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Reads
+
+/// Reads the row count and the id of the thread the closure ran on.
+async fn read_where(db: &Db) -> (i64, std::thread::ThreadId) {
+    db.read(|c| {
+        let n = c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))?;
+        Ok((n, std::thread::current().id()))
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_read_runs_on_its_callers_thread_and_zero_limit_sends_it_to_the_blocking_pool() {
+    let here = std::thread::current().id();
+    let tmp = TempDb::new();
+    let db = setup(Db::builder(tmp.path()).inline_limit(Duration::from_secs(10))).await;
+    where_it_ran(&db, "row").await;
+    assert_eq!(read_where(&db).await, (1, here));
+    db.close().await.unwrap();
+
+    let tmp = TempDb::named("off.db");
+    let db = setup(Db::builder(tmp.path()).inline_limit(Duration::ZERO)).await;
+    let (n, ran_on) = read_where(&db).await;
+    assert_eq!(n, 0);
+    assert_ne!(
+        ran_on, here,
+        "with inline off, reads run on the blocking pool"
+    );
+    db.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_reads_move_to_the_blocking_pool_and_short_ones_come_back() {
+    let here = std::thread::current().id();
+    let tmp = TempDb::new();
+    let db = setup(Db::builder(tmp.path()).inline_limit(Duration::from_millis(5))).await;
+    let mut moved = false;
+    for _ in 0..40 {
+        let ran_on = db
+            .read(|_| {
+                std::thread::sleep(Duration::from_millis(40));
+                Ok(std::thread::current().id())
+            })
+            .await
+            .unwrap();
+        if ran_on != here {
+            moved = true;
+            break;
+        }
+    }
+    assert!(moved, "slow reads never left the caller's thread");
+    let mut back = false;
+    for _ in 0..200 {
+        if read_where(&db).await.1 == here {
+            back = true;
+            break;
+        }
+    }
+    assert!(back, "short reads never came back to the caller's thread");
+    db.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_inline_read_is_an_error_and_its_connection_is_not_reused() {
+    let here = std::thread::current().id();
+    let tmp = TempDb::new();
+    let db = setup(
+        Db::builder(tmp.path())
+            .inline_limit(Duration::from_secs(10))
+            .max_readers(1),
+    )
+    .await;
+    // The only reader connection leaves a transaction open, then panics.
+    let err = db
+        .read(|c| -> luca_core::Result<()> {
+            c.execute_batch("BEGIN; SELECT count(*) FROM t;")?;
+            panic!("boom in a read");
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, luca_core::Error::Panicked { message } if message.contains("boom in a read")),
+        "{err:?}"
+    );
+    // The next read gets a fresh connection, outside any transaction, and sees new writes.
+    where_it_ran(&db, "after").await;
+    let (n, autocommit, ran_on) = db
+        .read(|c| {
+            let n: i64 = c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))?;
+            Ok((n, c.is_autocommit(), std::thread::current().id()))
+        })
+        .await
+        .unwrap();
+    assert_eq!((n, autocommit, ran_on), (1, true, here));
+    assert_eq!(db.stats().panics, 1);
+    db.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_task_reading_in_a_loop_lets_other_tasks_of_its_runtime_run() {
+    let tmp = TempDb::new();
+    let db = setup(Db::builder(tmp.path()).inline_limit(Duration::from_secs(10))).await;
+    let here = std::thread::current().id();
+    let ran = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&ran);
+    let other = tokio::spawn(async move { flag.store(true, Ordering::SeqCst) });
+    let mut seen = false;
+    for _ in 0..2_000 {
+        assert_eq!(read_where(&db).await.1, here);
+        if ran.load(Ordering::SeqCst) {
+            seen = true;
+            break;
+        }
+    }
+    assert!(
+        seen,
+        "2000 inline reads in a loop never let the other task run"
+    );
+    other.await.unwrap();
+    db.close().await.unwrap();
+}

@@ -75,8 +75,11 @@ struct Inner {
     writes: Sender<Msg>,
     /// The write connection, shared with the writer thread for inline writes.
     writer: writer::Shared,
-    /// Writes run inline only while the average write takes at most this long (zero: never).
+    /// Writes and reads run inline only while their average takes at most this long
+    /// (zero: never).
     inline_limit: Duration,
+    /// Moving average of reads' time in their closure, in ns.
+    avg_read_ns: Arc<std::sync::atomic::AtomicU64>,
     /// Places in the bounded write queue (queued or running writes).
     room: Arc<Semaphore>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -418,6 +421,7 @@ impl DbBuilder {
                 } else {
                     self.inline_limit
                 },
+                avg_read_ns: Arc::new(std::sync::atomic::AtomicU64::new(0)),
                 room: Arc::new(Semaphore::new(self.max_queue)),
                 writer_thread: Mutex::new(Some(thread)),
                 stats,
@@ -513,8 +517,15 @@ impl Db {
     }
 
     /// Runs `f` on a reader connection (opened read-only, so nothing `f` runs can write,
-    /// whatever PRAGMA it sets; it sees the last committed state).
-    /// `f` runs on a blocking thread, never on the async worker.
+    /// whatever PRAGMA it sets; it sees the last committed state). Reads never wait for
+    /// writes (WAL): a write in progress does not hold a reader up.
+    ///
+    /// Where `f` runs: while recent reads took at most [`DbBuilder::inline_limit`] on
+    /// average (default 250 µs: point lookups, short scans), on the calling thread, inside
+    /// this call — a hop to a blocking thread and back would cost more than the read;
+    /// otherwise (long scans, and with `inline_limit(Duration::ZERO)`) on tokio's blocking
+    /// pool, never on the async worker. As for inline writes, `f` must not wait for
+    /// another task of the caller's runtime.
     ///
     /// A connection `f` leaves inside an open transaction is rolled back before anyone
     /// else gets it; a panic in `f` is returned as [`Error::Panicked`] and the connection
@@ -534,16 +545,57 @@ impl Db {
             .stats
             .reads
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let avg = inner.avg_read_ns.load(std::sync::atomic::Ordering::Relaxed);
+        let inline =
+            !inner.inline_limit.is_zero() && Duration::from_nanos(avg) <= inner.inline_limit;
+        if inline {
+            let started = Instant::now();
+            let ran = match conn.lock() {
+                Ok(guard) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let result = f(&guard);
+                    (result, end_read(&inner.stats, &guard))
+                })),
+                // A pooled connection whose lock is poisoned is never handed out
+                // (`recycle` refuses it); should it happen, the connection goes.
+                Err(_) => Ok((
+                    Err(Error::Pool {
+                        path: inner.path.clone(),
+                        reason: "a reader connection's lock is poisoned".into(),
+                    }),
+                    false,
+                )),
+            };
+            note_read(&inner.avg_read_ns, started);
+            let outcome = match ran {
+                Ok((result, true)) => result,
+                Ok((result, false)) => {
+                    let _ = managed::Object::take(conn);
+                    result
+                }
+                Err(payload) => {
+                    // What state `f` left the connection in is unknown: never reuse it.
+                    let _ = managed::Object::take(conn);
+                    inner
+                        .stats
+                        .panics
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    Err(Error::Panicked {
+                        message: panic_message(&*payload),
+                    })
+                }
+            };
+            // A task reading in a loop still yields to its runtime now and then.
+            tokio::task::coop::consume_budget().await;
+            return outcome;
+        }
         let stats = Arc::clone(&inner.stats);
+        let avg_read = Arc::clone(&inner.avg_read_ns);
         let outcome = conn
             .interact(move |c: &mut Connection| {
+                let started = Instant::now();
                 let result = f(c);
-                let clean = c.is_autocommit() || {
-                    stats
-                        .dirty_rollbacks
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    c.execute_batch("ROLLBACK").is_ok()
-                };
+                let clean = end_read(&stats, c);
+                note_read(&avg_read, started);
                 (result, clean)
             })
             .await;
@@ -867,6 +919,28 @@ impl Db {
             },
         }
     }
+}
+
+/// After a read: rolls back a transaction `f` left open; `false` when that failed (the
+/// connection must not be handed out again).
+fn end_read(stats: &StatsInner, c: &Connection) -> bool {
+    c.is_autocommit() || {
+        stats
+            .dirty_rollbacks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        c.execute_batch("ROLLBACK").is_ok()
+    }
+}
+
+/// Adds a read that started at `started` to the moving average of reads' time. Shared
+/// by all readers; a lost update between two readers only drops one sample.
+fn note_read(avg: &std::sync::atomic::AtomicU64, started: Instant) {
+    let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    let old = avg.load(std::sync::atomic::Ordering::Relaxed);
+    avg.store(
+        old - old / 8 + took / 8,
+        std::sync::atomic::Ordering::Relaxed,
+    );
 }
 
 /// Drops `v`; a panic in its `Drop` is contained and counted, as on the writer thread.
