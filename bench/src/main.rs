@@ -1291,16 +1291,19 @@ fn main() -> ExitCode {
         println!("info  FULL, N = 64 rmw: {LUCA_FULL} / {TINYSTORE_FULL}: {detail}");
     }
     for system in [LUCA, LUCA_FULL] {
-        let per_workload: Vec<(Workload, f64)> = args
+        // Per workload whose N = 1 cell ran: its checkpoints per 20 000 writes, `None`
+        // when the cell failed and left no figures.
+        let per_workload: Vec<(Workload, Option<f64>)> = args
             .workloads
             .iter()
-            .filter_map(|&w| {
+            .filter(|&&w| find(system, w, 1).is_some())
+            .map(|&w| {
                 let runs: Vec<&DbStats> = luca_stats
                     .iter()
                     .filter(|s| s.system == system && s.workload == w && s.writers == 1)
                     .map(|s| &s.stats)
                     .collect();
-                Some((w, checkpoints_per_20k(&runs)?))
+                (w, checkpoints_per_20k(&runs))
             })
             .collect();
         let setting = if is_full(system) { "FULL" } else { "NORMAL" };
@@ -1308,14 +1311,19 @@ fn main() -> ExitCode {
             &mut verdicts,
             &format!("{setting}, N = 1: luca Db checkpoints per 20 000 lone writes ≤ 50"),
             (!per_workload.is_empty()).then(|| {
-                let worst = per_workload.iter().map(|&(_, k)| k).fold(0.0, f64::max);
+                let holds = per_workload
+                    .iter()
+                    .all(|(_, k)| k.is_some_and(|k| k <= 50.0));
                 let detail = per_workload
                     .iter()
-                    .map(|(w, k)| format!("{} {k:.0}", w.name()))
+                    .map(|(w, k)| match k {
+                        Some(k) => format!("{} {k:.0}", w.name()),
+                        None => format!("{} no figures (the cell failed)", w.name()),
+                    })
                     .collect::<Vec<_>>()
                     .join(", ");
                 (
-                    worst <= 50.0,
+                    holds,
                     detail + " (background + writer's own, from db.stats())",
                 )
             }),

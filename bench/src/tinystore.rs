@@ -94,6 +94,13 @@ pub(crate) async fn run(
         async move { op(&db, workload, w, seq).await.map_err(|e| kind(&e)) }
     })
     .await;
+    // The setting really was its writer's (SQLite's numbers: 1 NORMAL, 2 FULL): a
+    // transaction runs on the writer, and its guard lets a pragma that only reads run.
+    let level: i64 = db.tx(|tx| tx.scalar::<i64>("pragma synchronous")).await?;
+    let want = if full { 2 } else { 1 };
+    if level != want {
+        return Err(format!("tinystore's writer runs at synchronous={level}, not {want}").into());
+    }
     drop(db);
     store.close().await?;
     drop(store);
