@@ -99,8 +99,9 @@ usage: luca-bench [--ops N] [--passes P] [--time-limit SECS] [--writers 1,16,64,
                 256 writers are not run unless asked for)
   --tsv         also write every row, machine-readable (one `row` line each), to PATH
   --luca-wal-autocheckpoint
-                a diagnostic, not the default configuration: build both luca systems
-                with .wal_autocheckpoint(PAGES) (0 = no automatic checkpoints)";
+                a diagnostic, not the default configuration: build the luca systems
+                (group commit on and off, NORMAL and FULL; not the metrics row) with
+                .wal_autocheckpoint(PAGES) (0 = no automatic checkpoints)";
 
 struct Args {
     ops: u64,
@@ -117,7 +118,8 @@ struct Args {
     synchronous: Vec<Synchronous>,
     /// Writer counts of the [FULL] rows (those also in `writers`).
     full_writers: Vec<usize>,
-    /// A diagnostic: `wal_autocheckpoint` for both luca systems instead of the default.
+    /// A diagnostic: `wal_autocheckpoint` for the luca systems (not the metrics row)
+    /// instead of the default.
     luca_autocheckpoint: Option<u32>,
 }
 
