@@ -114,9 +114,9 @@ struct Args {
     tsv: Option<PathBuf>,
     /// `None`: every system; otherwise their short names.
     systems: Option<Vec<&'static str>>,
-    /// The settings the matrix runs at: `Normal` (every system), `Full` (the [FULL] rows).
+    /// The settings the matrix runs at: `Normal` (every system), `Full` (the `[FULL]` rows).
     synchronous: Vec<Synchronous>,
-    /// Writer counts of the [FULL] rows (those also in `writers`).
+    /// Writer counts of the `[FULL]` rows (those also in `writers`).
     full_writers: Vec<usize>,
     /// A diagnostic: `wal_autocheckpoint` for the luca systems (not the metrics row)
     /// instead of the default.
