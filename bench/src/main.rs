@@ -1,4 +1,4 @@
-//! The `Db` write-path benchmark (issue 3): one program, one run, one table.
+//! The `Db` write-path benchmark (issues 3 and 13): one program, one run, one table.
 //!
 //! Two workloads, `insert` (one row per transaction) and `rmw` (`SELECT` a counter,
 //! `UPDATE` it to the value read + 1, in one transaction), at N concurrent async writers
@@ -6,6 +6,8 @@
 //!
 //! - luca `Db` as `Db::open` configures it (group commit on);
 //! - luca `Db` with `.group_commit(false)`;
+//! - tinystore 0.5, the closest peer (leader-based group commit, savepoints), through its
+//!   async API on the same SQLite build (see `tinystore.rs`);
 //! - deadpool-sqlite 0.14 with the usual `post_create` hook (busy_timeout, WAL,
 //!   `synchronous=NORMAL`), every write in `BEGIN IMMEDIATE` via `interact`: once with
 //!   its default pool size (2 × CPUs), once with one connection per writer (pool = N);
@@ -14,11 +16,18 @@
 //! - the serial ceiling C: one connection, one thread, the same number of single-row
 //!   transactions.
 //!
+//! `--synchronous` adds rows at `synchronous=FULL` (marked ` [FULL]`): their own serial
+//! ceiling C at FULL (their ratios are against it), luca `Db` built with
+//! `.synchronous(Synchronous::Full)`, tinystore at its shipped default (FULL) and
+//! deadpool-sqlite with `synchronous=FULL` in its hook; by default at 1, 16 and 64 writers
+//! (`--full-writers`).
+//!
 //! The whole matrix runs `--passes` times (default 3); a cell reports the median of its
 //! passes. Every cell is bounded by count and by time. Afterwards the file is checked: an
 //! acknowledged insert whose row is missing, or an acknowledged increment missing from
 //! the counter, is a lost write. It also measures peak memory with 10 000 writes queued,
-//! and prints PASS/MISS for the targets of issue 3 (exit status 1 on a miss).
+//! and prints PASS/MISS/SKIP for the write targets of issue 13 (exit status 1 on a miss;
+//! SKIP: the cells a target needs were not run in this run).
 //!
 //! Then the read section and the mixed workload of issue 13 (`reads.rs`, `--reads`):
 //! `Db::read` at `--readers` concurrent readers, alone and with 16 writers running,
@@ -36,6 +45,7 @@
 mod harness;
 mod reads;
 mod recorder;
+mod tinystore;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -43,10 +53,12 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use deadpool_sqlite::{Hook, HookError, PoolError, Runtime};
+use luca_core::pragmas::Synchronous;
 use luca_core::rusqlite::{self, Connection, TransactionBehavior, params};
 use luca_core::{Db, DbStats, Error};
 use luca_testkit::TempDb;
 
+use crate::tinystore::{TINYSTORE, TINYSTORE_FULL};
 use harness::{Check, Drive, Row, Workload};
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -57,6 +69,11 @@ const LUCA_METRICS: &str = "luca Db + metrics (Prometheus)";
 const DEADPOOL: &str = "deadpool-sqlite";
 const DEADPOOL_PER_WRITER: &str = "deadpool-sqlite, pool = N";
 const SQLX: &str = "sqlx SqlitePool";
+/// The mark of the rows at `synchronous=FULL`; every other row runs at NORMAL.
+const FULL_TAG: &str = " [FULL]";
+const SERIAL_FULL: &str = "serial ceiling C [FULL]";
+const LUCA_FULL: &str = "luca Db [FULL]";
+const DEADPOOL_FULL: &str = "deadpool-sqlite [FULL]";
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -65,7 +82,8 @@ luca-bench: the Db write-path benchmark
 
 usage: luca-bench [--ops N] [--passes P] [--time-limit SECS] [--writers 1,16,64,256]
                   [--workloads insert,rmw] [--queued N] [--sqlx-bin PATH | --no-sqlx]
-                  [--systems luca,luca-off,luca-metrics,deadpool,deadpool-n,sqlx] [--tsv PATH]
+                  [--systems luca,luca-off,luca-metrics,tinystore,deadpool,deadpool-n,sqlx]
+                  [--synchronous normal,full] [--full-writers 1,16,64] [--tsv PATH]
                   [--luca-wal-autocheckpoint PAGES] [--reads point,scan,no-wait,mixed]
                   [--readers 1,16,64]
 
@@ -80,10 +98,20 @@ usage: luca-bench [--ops N] [--passes P] [--time-limit SECS] [--writers 1,16,64,
                 sqlx-baseline; bench/run.sh builds it)
   --no-sqlx     leave the sqlx rows out
   --systems     which systems besides the serial ceiling (default: all)
+  --synchronous which settings (default normal,full). At full, rows marked [FULL]: the
+                serial ceiling C at FULL (the [FULL] rows' ratios are against it), luca Db
+                built with .synchronous(Synchronous::Full), tinystore (its default FULL) and
+                deadpool-sqlite (default pool, synchronous=FULL in its hook); the other
+                systems run at normal only
+  --full-writers
+                the writer counts of the [FULL] rows: those of --writers that are also in
+                this list (default 1,16,64, to keep the default run short: FULL cells at
+                256 writers are not run unless asked for)
   --tsv         also write every row, machine-readable (one `row` line each), to PATH
   --luca-wal-autocheckpoint
-                a diagnostic, not the default configuration: build both luca systems
-                with .wal_autocheckpoint(PAGES) (0 = no automatic checkpoints)
+                a diagnostic, not the default configuration: build the luca systems
+                (group commit on and off, NORMAL and FULL; not the metrics row) with
+                .wal_autocheckpoint(PAGES) (0 = no automatic checkpoints)
   --reads       which parts of the read section run after the write matrix (default: all;
                 `none` for none): point lookups, range scans, the reads-never-wait-on-
                 writes check, the mixed workload; --ops, --passes, --time-limit apply,
@@ -99,9 +127,14 @@ struct Args {
     queued: usize,
     sqlx_bin: Option<PathBuf>,
     tsv: Option<PathBuf>,
-    /// `None`: every system.
+    /// `None`: every system; otherwise their short names.
     systems: Option<Vec<&'static str>>,
-    /// A diagnostic: `wal_autocheckpoint` for both luca systems instead of the default.
+    /// The settings the matrix runs at: `Normal` (every system), `Full` (the `[FULL]` rows).
+    synchronous: Vec<Synchronous>,
+    /// Writer counts of the `[FULL]` rows (those also in `writers`).
+    full_writers: Vec<usize>,
+    /// A diagnostic: `wal_autocheckpoint` for the luca systems (not the metrics row)
+    /// instead of the default.
     luca_autocheckpoint: Option<u32>,
     /// The parts of the read section (issue 13).
     reads: Vec<reads::Part>,
@@ -109,14 +142,39 @@ struct Args {
 }
 
 /// The systems by their short names for `--systems`.
-const SYSTEMS: [(&str, &str); 6] = [
+const SYSTEMS: [(&str, &str); 7] = [
     ("luca", LUCA),
     ("luca-off", LUCA_OFF),
     ("luca-metrics", LUCA_METRICS),
+    ("tinystore", TINYSTORE),
     ("deadpool", DEADPOOL),
     ("deadpool-n", DEADPOOL_PER_WRITER),
     ("sqlx", SQLX),
 ];
+
+/// The systems with rows at `synchronous=FULL`, by the same short names.
+const FULL_SYSTEMS: [(&str, &str); 3] = [
+    ("luca", LUCA_FULL),
+    ("tinystore", TINYSTORE_FULL),
+    ("deadpool", DEADPOOL_FULL),
+];
+
+/// Whether a row ran at `synchronous=FULL`.
+fn is_full(system: &str) -> bool {
+    system.ends_with(FULL_TAG)
+}
+
+fn sync_of(system: &str) -> Synchronous {
+    if is_full(system) {
+        Synchronous::Full
+    } else {
+        Synchronous::Normal
+    }
+}
+
+fn is_serial(system: &str) -> bool {
+    system == SERIAL || system == SERIAL_FULL
+}
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -132,6 +190,8 @@ fn parse_args() -> Result<Args, String> {
         ),
         tsv: None,
         systems: None,
+        synchronous: vec![Synchronous::Normal, Synchronous::Full],
+        full_writers: vec![1, 16, 64],
         luca_autocheckpoint: None,
         reads: reads::Part::ALL.to_vec(),
         readers: vec![1, 16, 64],
@@ -156,6 +216,22 @@ fn parse_args() -> Result<Args, String> {
                 args.writers = value
                     .split(',')
                     .map(|n| n.trim().parse().map_err(|_| bad()))
+                    .collect::<Result<_, _>>()?;
+            }
+            "--full-writers" => {
+                args.full_writers = value
+                    .split(',')
+                    .map(|n| n.trim().parse().map_err(|_| bad()))
+                    .collect::<Result<_, _>>()?;
+            }
+            "--synchronous" => {
+                args.synchronous = value
+                    .split(',')
+                    .map(|s| match s.trim() {
+                        "normal" => Ok(Synchronous::Normal),
+                        "full" => Ok(Synchronous::Full),
+                        _ => Err(bad()),
+                    })
                     .collect::<Result<_, _>>()?;
             }
             "--workloads" => {
@@ -184,7 +260,7 @@ fn parse_args() -> Result<Args, String> {
                         SYSTEMS
                             .iter()
                             .find(|(short, _)| *short == n.trim())
-                            .map(|(_, name)| *name)
+                            .map(|(short, _)| *short)
                             .ok_or_else(bad)
                     })
                     .collect::<Result<_, _>>()?;
@@ -202,6 +278,11 @@ fn parse_args() -> Result<Args, String> {
 /// A connection with the settings every baseline uses: busy_timeout first, then WAL (read
 /// back), then `synchronous=NORMAL`.
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    configure_at(conn, Synchronous::Normal)
+}
+
+/// [`configure`] at the given `synchronous` setting.
+fn configure_at(conn: &Connection, sync: Synchronous) -> rusqlite::Result<()> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
     let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
@@ -209,7 +290,7 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
             "journal_mode is {mode}, not wal"
         )));
     }
-    conn.pragma_update(None, "synchronous", "NORMAL")
+    conn.pragma_update(None, "synchronous", sync.as_str())
 }
 
 fn open_plain(path: &Path) -> rusqlite::Result<Connection> {
@@ -291,10 +372,17 @@ fn plain_op(
     tx.commit()
 }
 
-/// The serial ceiling C: one connection, one thread, one transaction per operation.
-fn serial(workload: Workload, ops: u64, limit: Duration) -> Result<Row, BoxError> {
+/// The serial ceiling C: one connection, one thread, one transaction per operation, at
+/// `sync` (its own ceiling per setting).
+fn serial(
+    workload: Workload,
+    ops: u64,
+    limit: Duration,
+    sync: Synchronous,
+) -> Result<Row, BoxError> {
     let tmp = fresh_file()?;
     let mut conn = open_plain(tmp.path())?;
+    configure_at(&conn, sync)?;
     let mut d = Drive {
         planned: ops,
         latencies: Vec::with_capacity(ops as usize),
@@ -314,8 +402,18 @@ fn serial(workload: Workload, ops: u64, limit: Duration) -> Result<Row, BoxError
     d.wall = t0.elapsed();
     drop(conn);
     let check = check_file(tmp.path(), workload, &d)?;
-    let mut row = Row::new(SERIAL, workload, 1, d, check);
+    let full = sync == Synchronous::Full;
+    let mut row = Row::new(
+        if full { SERIAL_FULL } else { SERIAL },
+        workload,
+        1,
+        d,
+        check,
+    );
     row.note = "one rusqlite connection on the calling thread, no async".into();
+    if full {
+        row.note += "; synchronous=FULL";
+    }
     Ok(row)
 }
 
@@ -349,18 +447,21 @@ async fn luca(
     limit: Duration,
     group_commit: bool,
     autocheckpoint: Option<u32>,
+    sync: Synchronous,
 ) -> Result<(Row, DbStats), BoxError> {
     let tmp = fresh_file()?;
-    let db = match (group_commit, autocheckpoint) {
-        (true, None) => Db::open(tmp.path()).await?,
-        (on, None) => Db::builder(tmp.path()).group_commit(on).build().await?,
-        (on, Some(pages)) => {
-            Db::builder(tmp.path())
-                .group_commit(on)
-                .wal_autocheckpoint(pages)
-                .build()
-                .await?
+    let full = sync == Synchronous::Full;
+    let db = if group_commit && autocheckpoint.is_none() && !full {
+        Db::open(tmp.path()).await?
+    } else {
+        let mut builder = Db::builder(tmp.path()).group_commit(group_commit);
+        if full {
+            builder = builder.synchronous(Synchronous::Full);
         }
+        if let Some(pages) = autocheckpoint {
+            builder = builder.wal_autocheckpoint(pages);
+        }
+        builder.build().await?
     };
     let op_db = db.clone();
     let d = harness::drive(writers, ops, limit, move |w, seq| {
@@ -373,14 +474,34 @@ async fn luca(
     })
     .await;
     let stats = db.stats();
+    // The setting really was the writer's (SQLite's numbers: 1 NORMAL, 2 FULL); asked
+    // after the figures above were taken.
+    let level: i64 = db
+        .write(|c| Ok(c.pragma_query_value(None, "synchronous", |r| r.get(0))?))
+        .await?;
+    let want = if full { 2 } else { 1 };
+    if level != want {
+        return Err(format!(
+            "luca's writer runs at synchronous={level}, not {want} ({})",
+            sync.as_str()
+        )
+        .into());
+    }
     db.close().await?;
     let check = check_file(tmp.path(), workload, &d)?;
-    let system = if group_commit { LUCA } else { LUCA_OFF };
+    let system = match (group_commit, full) {
+        (_, true) => LUCA_FULL,
+        (true, false) => LUCA,
+        (false, false) => LUCA_OFF,
+    };
     let mut row = Row::new(system, workload, writers, d, check);
-    row.note = if group_commit {
-        "defaults: group commit on (max batch 256, no wait)".into()
-    } else {
-        "group_commit(false): one transaction per write".into()
+    row.note = match (group_commit, full) {
+        (_, true) => {
+            "Db::builder(path).synchronous(Synchronous::Full), otherwise the defaults (group commit on)"
+                .into()
+        }
+        (true, false) => "defaults: group commit on (max batch 256, no wait)".into(),
+        (false, false) => "group_commit(false): one transaction per write".into(),
     };
     if let Some(pages) = autocheckpoint {
         row.note +=
@@ -403,7 +524,15 @@ fn luca_with_metrics(
 ) -> Result<Row, BoxError> {
     let switch = RECORDER.get_or_init(recorder::install).clone()?;
     switch.set(true);
-    let result = rt.block_on(luca(workload, writers, ops, limit, true, None));
+    let result = rt.block_on(luca(
+        workload,
+        writers,
+        ops,
+        limit,
+        true,
+        None,
+        Synchronous::Normal,
+    ));
     switch.set(false);
     let (mut row, stats) = result?;
     // The figures really reached the recorder.
@@ -426,13 +555,14 @@ fn deadpool_pool_error(e: &PoolError) -> String {
 }
 
 /// deadpool-sqlite with its default pool size (`per_writer` false) or one connection per
-/// writer.
+/// writer, at `sync`.
 async fn deadpool(
     workload: Workload,
     writers: usize,
     ops: u64,
     limit: Duration,
     per_writer: bool,
+    sync: Synchronous,
 ) -> Result<Row, BoxError> {
     let tmp = fresh_file()?;
     let mut builder = deadpool_sqlite::Config::new(tmp.path()).builder(Runtime::Tokio1)?;
@@ -440,9 +570,9 @@ async fn deadpool(
         builder = builder.max_size(writers);
     }
     let pool = builder
-        .post_create(Hook::async_fn(|conn, _| {
+        .post_create(Hook::async_fn(move |conn, _| {
             Box::pin(async move {
-                conn.interact(|c| configure(c))
+                conn.interact(move |c| configure_at(c, sync))
                     .await
                     .map_err(|e| HookError::message(e.to_string()))?
                     .map_err(HookError::Backend)
@@ -471,13 +601,17 @@ async fn deadpool(
     .await;
     pool.close();
     let check = check_file(tmp.path(), workload, &d)?;
-    let (system, size) = if per_writer {
-        (DEADPOOL_PER_WRITER, "N".to_owned())
-    } else {
-        (DEADPOOL, format!("{max_size} (default: 2 × CPUs)"))
+    let full = sync == Synchronous::Full;
+    let (system, size) = match (per_writer, full) {
+        (true, _) => (DEADPOOL_PER_WRITER, "N".to_owned()),
+        (false, false) => (DEADPOOL, format!("{max_size} (default: 2 × CPUs)")),
+        (false, true) => (DEADPOOL_FULL, format!("{max_size} (default: 2 × CPUs)")),
     };
     let mut row = Row::new(system, workload, writers, d, check);
     row.note = format!("pool of {size}, post_create hook, BEGIN IMMEDIATE in interact");
+    if full {
+        row.note += "; synchronous=FULL in the hook";
+    }
     Ok(row)
 }
 
@@ -683,18 +817,19 @@ fn fmt_errors(errors: &BTreeMap<String, u64>) -> String {
     format!("{total}: {kinds}")
 }
 
-fn print_table(cells: &[Cell], ceiling: impl Fn(Workload) -> Option<f64>) {
+/// `ceiling(workload, full)`: the serial ceiling C of the workload at NORMAL or at FULL.
+fn print_table(cells: &[Cell], ceiling: impl Fn(Workload, bool) -> Option<f64>) {
     println!(
         "| workload | N | system | ops/s | × C | p50 | p99 | p99.9 | max | acked / ops | escaped errors | lost |"
     );
     println!("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|");
     for cell in cells {
         let ops = cell.ops_per_sec();
-        let ratio = match ceiling(cell.workload) {
+        let ratio = match ceiling(cell.workload, is_full(cell.system)) {
             Some(c) if c > 0.0 => format!("{:.2}", ops / c),
             _ => "—".into(),
         };
-        let n = if cell.system == SERIAL {
+        let n = if is_serial(cell.system) {
             "1 (serial)".to_owned()
         } else {
             cell.writers.to_string()
@@ -725,14 +860,14 @@ fn print_table(cells: &[Cell], ceiling: impl Fn(Workload) -> Option<f64>) {
     }
 }
 
-/// Prints one target line; `None` when the run has no data for it.
+/// Prints one target line; `None` (SKIP) when the cells it needs were not run.
 fn target(verdicts: &mut Vec<bool>, name: &str, holds: Option<(bool, String)>) {
     match holds {
         Some((ok, detail)) => {
             verdicts.push(ok);
             println!("{:<4}  {name}: {detail}", if ok { "PASS" } else { "MISS" });
         }
-        None => println!("n/a   {name}: not measured in this run"),
+        None => println!("SKIP  {name}: its cells were not run in this run"),
     }
 }
 
@@ -777,34 +912,45 @@ fn run_cell(
     system: &'static str,
     workload: Workload,
     n: usize,
-    luca_stats: &mut Vec<(Workload, usize, DbStats)>,
+    luca_stats: &mut Vec<LucaStats>,
 ) -> Row {
     let (ops, limit) = (args.ops, args.time_limit);
+    let sync = sync_of(system);
     let t = Instant::now();
     let result = match system {
-        SERIAL => serial(workload, ops, limit),
-        LUCA | LUCA_OFF => rt
+        SERIAL | SERIAL_FULL => serial(workload, ops, limit, sync),
+        LUCA | LUCA_OFF | LUCA_FULL => rt
             .block_on(luca(
                 workload,
                 n,
                 ops,
                 limit,
-                system == LUCA,
+                system != LUCA_OFF,
                 args.luca_autocheckpoint,
+                sync,
             ))
             .map(|(row, stats)| {
-                if system == LUCA {
-                    luca_stats.push((workload, n, stats));
+                if system != LUCA_OFF {
+                    luca_stats.push(LucaStats {
+                        system,
+                        workload,
+                        writers: n,
+                        stats,
+                    });
                 }
                 row
             }),
         LUCA_METRICS => luca_with_metrics(rt, workload, n, ops, limit),
-        DEADPOOL | DEADPOOL_PER_WRITER => rt.block_on(deadpool(
+        TINYSTORE | TINYSTORE_FULL => {
+            rt.block_on(crate::tinystore::run(workload, n, ops, limit, sync))
+        }
+        DEADPOOL | DEADPOOL_PER_WRITER | DEADPOOL_FULL => rt.block_on(deadpool(
             workload,
             n,
             ops,
             limit,
             system == DEADPOOL_PER_WRITER,
+            sync,
         )),
         _ => match sqlx_bin {
             Some(bin) => sqlx(bin, workload, n, ops, limit),
@@ -814,6 +960,25 @@ fn run_cell(
     let row = result.unwrap_or_else(|e| failed_row(system, workload, n, ops, &e.to_string()));
     progress(&row, t.elapsed());
     row
+}
+
+/// What `db.stats()` said after one pass of a luca cell with group commit on.
+struct LucaStats {
+    system: &'static str,
+    workload: Workload,
+    writers: usize,
+    stats: DbStats,
+}
+
+/// Checkpoints (background + the writer's own) per 20 000 acknowledged writes, over the
+/// passes of one luca cell; `None` when it has none.
+fn checkpoints_per_20k(runs: &[&DbStats]) -> Option<f64> {
+    let writes: u64 = runs.iter().map(|s| s.writes_ok).sum();
+    let checkpoints: u64 = runs
+        .iter()
+        .map(|s| s.checkpoints + s.inline_checkpoints)
+        .sum();
+    (writes > 0).then(|| checkpoints as f64 * 20_000.0 / writes as f64)
 }
 
 fn main() -> ExitCode {
@@ -849,15 +1014,32 @@ fn main() -> ExitCode {
         }
         found
     });
+    let chosen = |short: &str| args.systems.as_ref().is_none_or(|s| s.contains(&short));
     let systems: Vec<&'static str> = SYSTEMS
         .iter()
+        .filter(|(short, _)| chosen(short))
         .map(|(_, name)| *name)
-        .filter(|name| args.systems.as_ref().is_none_or(|s| s.contains(name)))
         .filter(|name| *name != SQLX || sqlx_bin.is_some())
+        .collect();
+    let full_systems: Vec<&'static str> = FULL_SYSTEMS
+        .iter()
+        .filter(|(short, _)| chosen(short))
+        .map(|(_, name)| *name)
+        .collect();
+    let full_writers: Vec<usize> = args
+        .writers
+        .iter()
+        .copied()
+        .filter(|n| args.full_writers.contains(n))
         .collect();
 
     // Warm-up, not recorded: page cache, CPU frequency, allocator.
-    let _ = serial(Workload::Insert, args.ops.min(5_000), args.time_limit);
+    let _ = serial(
+        Workload::Insert,
+        args.ops.min(5_000),
+        args.time_limit,
+        Synchronous::Normal,
+    );
 
     let mut cells: Vec<Cell> = Vec::new();
     let mut record =
@@ -876,18 +1058,36 @@ fn main() -> ExitCode {
     let mut luca_stats = Vec::new();
     for pass in 1..=args.passes {
         for &workload in &args.workloads {
-            eprintln!(
-                "\npass {pass}/{}: {} ({} operations per cell)",
-                args.passes,
-                workload.name(),
-                args.ops
-            );
-            let row = run_cell(&rt, &args, sqlx_bin, SERIAL, workload, 1, &mut luca_stats);
-            record(SERIAL, workload, 1, row);
-            for &n in &args.writers {
-                for &system in &systems {
-                    let row = run_cell(&rt, &args, sqlx_bin, system, workload, n, &mut luca_stats);
-                    record(system, workload, n, row);
+            for &sync in &args.synchronous {
+                let full = sync == Synchronous::Full;
+                let (serial_name, systems, writers) = if full {
+                    (SERIAL_FULL, &full_systems, &full_writers)
+                } else {
+                    (SERIAL, &systems, &args.writers)
+                };
+                eprintln!(
+                    "\npass {pass}/{}: {} at synchronous={} ({} operations per cell)",
+                    args.passes,
+                    workload.name(),
+                    sync.as_str(),
+                    args.ops
+                );
+                let row = run_cell(
+                    &rt,
+                    &args,
+                    sqlx_bin,
+                    serial_name,
+                    workload,
+                    1,
+                    &mut luca_stats,
+                );
+                record(serial_name, workload, 1, row);
+                for &n in writers {
+                    for &system in systems {
+                        let row =
+                            run_cell(&rt, &args, sqlx_bin, system, workload, n, &mut luca_stats);
+                        record(system, workload, n, row);
+                    }
                 }
             }
         }
@@ -897,17 +1097,20 @@ fn main() -> ExitCode {
         cells.iter().find(|c| {
             c.system == system
                 && c.workload == workload
-                && (system == SERIAL || c.writers == writers)
+                && (is_serial(system) || c.writers == writers)
         })
     };
-    let ceiling = |w: Workload| find(SERIAL, w, 1).map(Cell::ops_per_sec);
+    let ceiling = |w: Workload, full: bool| {
+        find(if full { SERIAL_FULL } else { SERIAL }, w, 1).map(Cell::ops_per_sec)
+    };
 
     println!(
         "\n## Db write path: {} operations per cell and pass, {} passes",
         args.ops, args.passes
     );
     println!(
-        "ops/s = acknowledged operations / wall time; × C = over the serial ceiling of the same workload;\n\
+        "ops/s = acknowledged operations / wall time; × C = over the serial ceiling of the same workload\n\
+         and setting (rows marked [FULL] ran at synchronous=FULL, against C at FULL; the others at NORMAL);\n\
          latency = call to acknowledged commit (acknowledged operations only);\n\
          ops/s, p50, p99, p99.9 = median of the passes; max = largest of the passes;\n\
          acked / ops, escaped errors (returned to the caller, by kind), lost (acknowledged but not\n\
@@ -934,9 +1137,20 @@ fn main() -> ExitCode {
         }
     }
     println!(
-        "  every system: WAL, synchronous=NORMAL, busy_timeout {} s, a fresh file per cell and pass",
+        "  every system: WAL, busy_timeout {} s (tinystore: its own 5 s), a fresh file per cell and pass;\n  \
+         synchronous=NORMAL, except the rows marked [FULL] (synchronous=FULL)",
         BUSY_TIMEOUT.as_secs()
     );
+    if cells
+        .iter()
+        .any(|c| c.system == TINYSTORE || c.system == TINYSTORE_FULL)
+    {
+        println!(
+            "  tinystore: the same rusqlite / libsqlite3-sys build as every other row; SQLite has started\n  \
+             before its first store opens, so it keeps SQLite's own mutexes (it installs spinning ones\n  \
+             only in a process where it starts SQLite first)"
+        );
+    }
     if sqlx_bin.is_none() {
         println!(
             "  {SQLX}: NOT RUN in this run (no sqlx-baseline program; bench/run.sh builds it)"
@@ -944,32 +1158,38 @@ fn main() -> ExitCode {
     }
 
     if !luca_stats.is_empty() {
-        println!("\n{LUCA}, group commit as db.stats() saw it (sums and maxima over the passes):");
+        println!("\nluca Db, group commit as db.stats() saw it (sums and maxima over the passes):");
         println!(
-            "| workload | N | commits | writes / commit | largest group | max queue depth | checkpoints (background + writer) per pass |"
+            "| system | workload | N | commits | writes / commit | largest group | max queue depth | checkpoints (background + writer) per pass | checkpoints per 20 000 writes |"
         );
-        println!("|---|---:|---:|---:|---:|---:|---:|");
+        println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
         for &workload in &args.workloads {
-            for &n in &args.writers {
-                let runs: Vec<&DbStats> = luca_stats
-                    .iter()
-                    .filter(|(w, m, _)| *w == workload && *m == n)
-                    .map(|(_, _, s)| s)
-                    .collect();
-                let commits: u64 = runs.iter().map(|s| s.commits).sum();
-                let writes: u64 = runs.iter().map(|s| s.writes_ok).sum();
-                let passes = runs.len().max(1) as f64;
-                let background: u64 = runs.iter().map(|s| s.checkpoints).sum();
-                let inline: u64 = runs.iter().map(|s| s.inline_checkpoints).sum();
-                println!(
-                    "| {} | {n} | {commits} | {:.1} | {} | {} | {:.0} + {:.0} |",
-                    workload.name(),
-                    writes as f64 / commits.max(1) as f64,
-                    runs.iter().map(|s| s.group_sizes.max).max().unwrap_or(0),
-                    runs.iter().map(|s| s.max_queue_depth).max().unwrap_or(0),
-                    background as f64 / passes,
-                    inline as f64 / passes,
-                );
+            for system in [LUCA, LUCA_FULL] {
+                for &n in &args.writers {
+                    let runs: Vec<&DbStats> = luca_stats
+                        .iter()
+                        .filter(|s| s.system == system && s.workload == workload && s.writers == n)
+                        .map(|s| &s.stats)
+                        .collect();
+                    if runs.is_empty() {
+                        continue;
+                    }
+                    let commits: u64 = runs.iter().map(|s| s.commits).sum();
+                    let writes: u64 = runs.iter().map(|s| s.writes_ok).sum();
+                    let passes = runs.len() as f64;
+                    let background: u64 = runs.iter().map(|s| s.checkpoints).sum();
+                    let inline: u64 = runs.iter().map(|s| s.inline_checkpoints).sum();
+                    println!(
+                        "| {system} | {} | {n} | {commits} | {:.1} | {} | {} | {:.0} + {:.0} | {:.0} |",
+                        workload.name(),
+                        writes as f64 / commits.max(1) as f64,
+                        runs.iter().map(|s| s.group_sizes.max).max().unwrap_or(0),
+                        runs.iter().map(|s| s.max_queue_depth).max().unwrap_or(0),
+                        background as f64 / passes,
+                        inline as f64 / passes,
+                        checkpoints_per_20k(&runs).unwrap_or(0.0),
+                    );
+                }
             }
         }
     }
@@ -1000,40 +1220,48 @@ fn main() -> ExitCode {
         }
     };
 
-    println!("\ntargets (N = 64, insert; ratios within this run):");
+    println!(
+        "\ntargets (issue 13; ratios within this run, × C against the ceiling of the same setting):"
+    );
     if let Some(pages) = args.luca_autocheckpoint {
         println!(
             "(diagnostic run: luca built with wal_autocheckpoint({pages}), not as Db::open configures it)"
         );
     }
     let mut verdicts = Vec::new();
-    let c = ceiling(Workload::Insert);
+    // `system` at `n` writers over C of its setting, against a floor.
+    let times_c = |system: &str, w: Workload, n: usize, floor: f64| {
+        let c = ceiling(w, is_full(system))?;
+        let cell = find(system, w, n)?;
+        let x = cell.ops_per_sec() / c;
+        let detail = format!("{x:.2} × C ({:.0} vs {c:.0} ops/s)", cell.ops_per_sec());
+        Some((x >= floor, detail))
+    };
+    for (w, n, floor) in [
+        (Workload::Insert, 1, 0.85),
+        (Workload::Rmw, 1, 0.85),
+        (Workload::Insert, 64, 5.0),
+        (Workload::Insert, 256, 7.0),
+    ] {
+        target(
+            &mut verdicts,
+            &format!("N = {n} {}: {LUCA} ≥ {floor} × C", w.name()),
+            times_c(LUCA, w, n, floor),
+        );
+    }
+    target(
+        &mut verdicts,
+        &format!("N = 64 insert: {LUCA_OFF} ≥ 0.9 × C"),
+        times_c(LUCA_OFF, Workload::Insert, 64, 0.9),
+    );
     let on = find(LUCA, Workload::Insert, 64);
     let off = find(LUCA_OFF, Workload::Insert, 64);
     let dp = find(DEADPOOL, Workload::Insert, 64);
     let dp_n = find(DEADPOOL_PER_WRITER, Workload::Insert, 64);
-    target(
-        &mut verdicts,
-        "luca Db (group commit on) ≥ 2 × C",
-        c.zip(on).map(|(c, cell)| {
-            let x = cell.ops_per_sec() / c;
-            let detail = format!("{x:.2} × C ({:.0} vs {c:.0} ops/s)", cell.ops_per_sec());
-            (x >= 2.0, detail)
-        }),
-    );
-    target(
-        &mut verdicts,
-        "luca Db, group commit off ≥ 0.9 × C",
-        c.zip(off).map(|(c, cell)| {
-            let x = cell.ops_per_sec() / c;
-            let detail = format!("{x:.2} × C ({:.0} vs {c:.0} ops/s)", cell.ops_per_sec());
-            (x >= 0.9, detail)
-        }),
-    );
     let lower = |base: &Cell, l: &Cell| base.p999() as f64 / l.p999().max(1) as f64;
     target(
         &mut verdicts,
-        "luca Db p99.9 ≥ 10× lower than deadpool-sqlite's (default pool)",
+        "N = 64 insert: luca Db p99.9 ≥ 10× lower than deadpool-sqlite's (default pool)",
         on.zip(dp).map(|(l, d)| {
             let x = lower(d, l);
             let mut detail = format!(
@@ -1054,13 +1282,91 @@ fn main() -> ExitCode {
             (x >= 10.0, detail)
         }),
     );
+    for w in [Workload::Insert, Workload::Rmw] {
+        target(
+            &mut verdicts,
+            &format!(
+                "FULL, N = 1 {}: {LUCA_FULL} × C ≥ {TINYSTORE_FULL} × C",
+                w.name()
+            ),
+            ceiling(w, true)
+                .zip(find(LUCA_FULL, w, 1).zip(find(TINYSTORE_FULL, w, 1)))
+                .map(|(c, (l, t))| {
+                    let (lx, tx) = (l.ops_per_sec() / c, t.ops_per_sec() / c);
+                    let detail = format!(
+                        "luca {lx:.2} × C vs tinystore {tx:.2} × C (C at FULL {c:.0} ops/s)"
+                    );
+                    (lx >= tx, detail)
+                }),
+        );
+    }
+    let full_64 = |w: Workload| {
+        find(LUCA_FULL, w, 64)
+            .zip(find(TINYSTORE_FULL, w, 64))
+            .map(|(l, t)| {
+                let x = l.ops_per_sec() / t.ops_per_sec().max(f64::MIN_POSITIVE);
+                let detail = format!(
+                    "{x:.2}× ({:.0} vs {:.0} ops/s)",
+                    l.ops_per_sec(),
+                    t.ops_per_sec()
+                );
+                (x >= 1.3, detail)
+            })
+    };
+    target(
+        &mut verdicts,
+        &format!("FULL, N = 64 insert: {LUCA_FULL} ≥ 1.3 × {TINYSTORE_FULL}'s ops/s"),
+        full_64(Workload::Insert),
+    );
+    if let Some((_, detail)) = full_64(Workload::Rmw) {
+        println!("info  FULL, N = 64 rmw: {LUCA_FULL} / {TINYSTORE_FULL}: {detail}");
+    }
+    for system in [LUCA, LUCA_FULL] {
+        // Per workload whose N = 1 cell ran: its checkpoints per 20 000 writes, `None`
+        // when the cell failed and left no figures.
+        let per_workload: Vec<(Workload, Option<f64>)> = args
+            .workloads
+            .iter()
+            .filter(|&&w| find(system, w, 1).is_some())
+            .map(|&w| {
+                let runs: Vec<&DbStats> = luca_stats
+                    .iter()
+                    .filter(|s| s.system == system && s.workload == w && s.writers == 1)
+                    .map(|s| &s.stats)
+                    .collect();
+                (w, checkpoints_per_20k(&runs))
+            })
+            .collect();
+        let setting = if is_full(system) { "FULL" } else { "NORMAL" };
+        target(
+            &mut verdicts,
+            &format!("{setting}, N = 1: luca Db checkpoints per 20 000 lone writes ≤ 50"),
+            (!per_workload.is_empty()).then(|| {
+                let holds = per_workload
+                    .iter()
+                    .all(|(_, k)| k.is_some_and(|k| k <= 50.0));
+                let detail = per_workload
+                    .iter()
+                    .map(|(w, k)| match k {
+                        Some(k) => format!("{} {k:.0}", w.name()),
+                        None => format!("{} no figures (the cell failed)", w.name()),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                (
+                    holds,
+                    detail + " (background + writer's own, from db.stats())",
+                )
+            }),
+        );
+    }
     let luca_cells: Vec<&Cell> = cells
         .iter()
-        .filter(|c| c.system == LUCA || c.system == LUCA_OFF || c.system == LUCA_METRICS)
+        .filter(|c| [LUCA, LUCA_OFF, LUCA_METRICS, LUCA_FULL].contains(&c.system))
         .collect();
     target(
         &mut verdicts,
-        "0 escaped and 0 lost in every luca row (insert and rmw)",
+        "0 escaped and 0 lost in every luca row (insert and rmw, NORMAL and FULL)",
         (!luca_cells.is_empty()).then(|| {
             let bad: Vec<String> = luca_cells
                 .iter()
