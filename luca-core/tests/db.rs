@@ -378,6 +378,72 @@ async fn many_tasks_write_without_escaped_or_lost_writes() {
     assert_eq!(stats.write_latency_ns.count, stats.writes_ok);
 }
 
+/// Queues ten writes behind a held writer (write 3 fails on a unique key after its own
+/// insert) and returns how many times each closure ran and which writes failed.
+async fn group_with_a_failure(db: &Db, round: u32) -> (Vec<u32>, Vec<usize>) {
+    let runs: Arc<Vec<AtomicU32>> = Arc::new((0..10).map(|_| AtomicU32::new(0)).collect());
+    let (release, holder) = hold_writer(db).await;
+    // Queued one at a time, so the group runs them in this order.
+    let before = db.stats().queue_depth;
+    let mut writes = Vec::new();
+    for i in 0..10usize {
+        let (db2, runs) = (db.clone(), Arc::clone(&runs));
+        writes.push(tokio::spawn(async move {
+            db2.write(move |c| {
+                runs[i].fetch_add(1, Ordering::SeqCst);
+                c.execute(
+                    "INSERT INTO t (k, v) VALUES (?1, 1)",
+                    [format!("r{round}-{i}")],
+                )?;
+                if i == 3 {
+                    c.execute("INSERT INTO t (k, v) VALUES ('taken', 3)", [])?;
+                }
+                Ok(())
+            })
+            .await
+        }));
+        wait_for_queue(db, before + i + 1).await;
+    }
+    release.send(()).unwrap();
+    holder.await.unwrap();
+    let mut failed = Vec::new();
+    for (i, w) in writes.into_iter().enumerate() {
+        if w.await.unwrap().is_err() {
+            failed.push(i);
+        }
+    }
+    let runs = runs.iter().map(|r| r.load(Ordering::SeqCst)).collect();
+    (runs, failed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_failure_groups_keep_savepoints_so_others_are_not_run_again() {
+    let tmp = TempDb::new();
+    let db = with_table(&tmp).await;
+    db.write(|c| Ok(c.execute("INSERT INTO t (k, v) VALUES ('taken', 0)", [])?))
+        .await
+        .unwrap();
+    // First group, without savepoints: write 3's failure makes the writes that ran
+    // before it in the group run again.
+    let (runs, failed) = group_with_a_failure(&db, 1).await;
+    assert_eq!(failed, [3]);
+    assert_eq!(
+        runs,
+        [2, 2, 2, 1, 1, 1, 1, 1, 1, 1],
+        "the three writes before the failure ran again, the others once"
+    );
+    // Next group: savepoints, so the failure is undone alone and nobody runs twice.
+    let (runs, failed) = group_with_a_failure(&db, 2).await;
+    assert_eq!(failed, [3]);
+    assert_eq!(runs, [1; 10], "with savepoints every closure runs once");
+    db.close().await.unwrap();
+    let c = Connection::open(tmp.path()).unwrap();
+    let n: i64 = c
+        .query_row("SELECT count(*) FROM t WHERE k LIKE 'r%'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 18, "nine rows per group, none of the failed writes");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_write_in_a_group_rolls_back_alone() {
     let tmp = TempDb::new();
@@ -424,9 +490,11 @@ async fn a_failing_write_in_a_group_rolls_back_alone() {
     }
     assert_eq!(failed, [3]);
     let stats = db.stats();
+    // The group ran without savepoints (no closure had failed yet): write 3's failure
+    // rolled it back, and the nine others ran again and committed as one group.
     assert_eq!(
-        stats.group_sizes.max, 10,
-        "the ten writes committed as one group"
+        stats.group_sizes.max, 9,
+        "the nine other writes committed as one group"
     );
     db.close().await.unwrap();
     let c = Connection::open(tmp.path()).unwrap();

@@ -74,8 +74,13 @@ fn wal_frames(db: &Path) -> i64 {
 }
 
 async fn open(path: &Path) -> Db {
+    open_with(path, luca_core::DbBuilder::DEFAULT_INLINE_LIMIT).await
+}
+
+async fn open_with(path: &Path, inline_limit: Duration) -> Db {
     let db = Db::builder(path)
         .wal_autocheckpoint(T)
+        .inline_limit(inline_limit)
         .build()
         .await
         .unwrap();
@@ -158,7 +163,10 @@ async fn wal_stays_below_the_bound_without_readers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wal_with_four_overlapping_readers() {
     let tmp = TempDb::new();
-    let db = open(tmp.path()).await;
+    // The readers hold a snapshot open until other tasks' writes land: a read closure
+    // that waits for other tasks of its runtime must not run inline (see `Db::read`), so
+    // here every read and write runs off the async workers.
+    let db = open_with(tmp.path(), Duration::ZERO).await;
     let acked = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     // Four readers, staggered by HOLD/4 writes, each keeping a snapshot open until HOLD

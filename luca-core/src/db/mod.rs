@@ -395,12 +395,12 @@ impl DbBuilder {
                 reason: e.to_string(),
             })?;
         let (tx, rx) = mpsc::channel();
-        let shared: writer::Shared = Arc::new(Mutex::new(writer::new_writer(
+        let shared = writer::WritePath::new(writer::new_writer(
             writer,
             self.writer_config(),
             Arc::clone(&stats),
             checkpointer,
-        )));
+        ));
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("luca-db-writer".into())
@@ -641,8 +641,10 @@ impl Db {
     /// `f` returns an error (or panics), only its own changes are rolled back and it gets
     /// the error. `Ok` is returned only after the `COMMIT` that includes the write
     /// succeeded. `f` may run more than once (when another process's lock forces the
-    /// transaction to be retried, or when SQLite rolled back a group because of another
-    /// caller's write), so it must not have side effects outside the database.
+    /// transaction to be retried, when SQLite rolled back a group because of another
+    /// caller's write, or when another write of its group failed: groups run without a
+    /// savepoint per write until a closure fails, then with them for a while), so it must
+    /// not have side effects outside the database.
     ///
     /// # What a write closure may not do
     /// - Transaction control: `BEGIN`, `COMMIT`, `END`, `ROLLBACK`, `SAVEPOINT`,
@@ -765,12 +767,13 @@ impl Db {
                 .queue_depth
                 .load(std::sync::atomic::Ordering::Relaxed)
                 != 0
+            || !inner.writer.idle.load(std::sync::atomic::Ordering::SeqCst)
         {
             return None;
         }
         // A running write holds a place in the bounded queue too; none after close.
         let _room = inner.room.try_acquire().ok()?;
-        let mut w = match inner.writer.try_lock() {
+        let mut w = match inner.writer.writer.try_lock() {
             Ok(w) => w,
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => return None,

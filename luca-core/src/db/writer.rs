@@ -141,6 +141,15 @@ where
     }
 }
 
+/// How long the writer thread waits for the writers of a group it just answered before
+/// the path counts as idle (and writes may run inline). It sleeps meanwhile.
+const REGROUP_WAIT: Duration = Duration::from_micros(200);
+
+/// Groups that keep a savepoint per write after a closure failed in a group without
+/// them: a workload where closures often fail pays two statements per write, not a
+/// re-run per failure.
+const SAVEPOINT_GROUPS: u32 = 64;
+
 /// Longest wait of the writer's RESTART checkpoint for readers on older snapshots.
 pub(crate) const RESTART_WAIT: Duration = Duration::from_millis(50);
 
@@ -351,7 +360,25 @@ fn install_hooks(conn: &Connection, watch: &Arc<Watch>, wal_hook: bool) -> rusql
 
 /// The write connection and its state, shared by the writer thread and the callers that
 /// run a write inline (see [`Writer::inline`]).
-pub(crate) type Shared = Arc<Mutex<Writer>>;
+pub(crate) type Shared = Arc<WritePath>;
+
+/// See [`Shared`].
+pub(crate) struct WritePath {
+    pub(crate) writer: Mutex<Writer>,
+    /// The writer thread waits for work with nothing queued: the path is idle. Inline
+    /// writes run only then, not in the gap between two runs of a busy writer thread
+    /// (a write taken inline there would split the next group).
+    pub(crate) idle: AtomicBool,
+}
+
+impl WritePath {
+    pub(crate) fn new(writer: Writer) -> Shared {
+        Arc::new(WritePath {
+            writer: Mutex::new(writer),
+            idle: AtomicBool::new(true),
+        })
+    }
+}
 
 fn lock(shared: &Mutex<Writer>) -> std::sync::MutexGuard<'_, Writer> {
     // Every panic of user code is contained before it could poison the lock; a poisoned
@@ -383,20 +410,48 @@ pub(crate) fn new_writer(
         tx_started: Instant::now(),
         avg_write_ns: 0,
         answers: std::cell::RefCell::new(Vec::new()),
+        savepoint_groups: 0,
     };
     w.hook_up();
     w
 }
 
 /// The writer thread's loop. Returns when the handle closes or every sender is gone.
-pub(crate) fn run(shared: Shared, rx: Receiver<Msg>) {
+pub(crate) fn run(path: Shared, rx: Receiver<Msg>) {
     ON_WRITER_THREAD.with(|w| w.set(true));
+    let shared = &path.writer;
     let mut closing: Option<oneshot::Sender<()>> = None;
+    // How many writers the last run answered: after a group, its writers are likely to
+    // write again at once.
+    let mut last_run = 0;
     while closing.is_none() {
-        let first = match rx.recv() {
+        let next = match rx.try_recv() {
+            Ok(msg) => Ok(msg),
+            Err(TryRecvError::Disconnected) => break,
+            Err(TryRecvError::Empty) => {
+                // After a group, wait a moment for its writers before calling the path
+                // idle: a write taken inline now would run alone ahead of the next group.
+                let soon = if last_run > 1 {
+                    rx.recv_timeout(REGROUP_WAIT).ok()
+                } else {
+                    None
+                };
+                match soon {
+                    Some(msg) => Ok(msg),
+                    None => {
+                        path.idle.store(true, std::sync::atomic::Ordering::SeqCst);
+                        let msg = rx.recv();
+                        path.idle.store(false, std::sync::atomic::Ordering::SeqCst);
+                        msg
+                    }
+                }
+            }
+        };
+        last_run = 0;
+        let first = match next {
             Ok(Msg::Write(job)) => job,
             Ok(Msg::Maintain) => {
-                lock(&shared).after_run(true);
+                lock(shared).after_run(true);
                 continue;
             }
             Ok(Msg::Close(ack)) => {
@@ -405,10 +460,11 @@ pub(crate) fn run(shared: Shared, rx: Receiver<Msg>) {
             }
             Err(_) => break,
         };
-        let mut w = lock(&shared);
+        let mut w = lock(shared);
         let batch = w.collect(first, &rx, &mut closing);
         // Only now, with the lock held: while a write waits here, no caller runs one inline.
         w.stats.dequeued(batch.len());
+        last_run = batch.len();
         {
             // One span per run of writes (a group, or the writes re-run after it failed).
             let span =
@@ -424,12 +480,12 @@ pub(crate) fn run(shared: Shared, rx: Receiver<Msg>) {
         let stats = Arc::clone(&w.stats);
         drop(w);
         send_answers(&stats, &mut answers);
-        let mut w = lock(&shared);
+        let mut w = lock(shared);
         // Keeps the vector's room for the next run.
         *w.answers.borrow_mut() = answers;
         w.after_run(true);
     }
-    let mut w = lock(&shared);
+    let mut w = lock(shared);
     // From here on, no write runs inline.
     w.closed = true;
     send_answers(&Arc::clone(&w.stats), &mut w.answers.borrow_mut());
@@ -494,6 +550,9 @@ pub(crate) struct Writer {
     closed: bool,
     /// When the current transaction began.
     tx_started: Instant,
+    /// Groups still to run with a savepoint per write, after a closure failed in a group
+    /// without them (see [`Writer::group`]).
+    savepoint_groups: u32,
     /// Answers not sent yet (see [`send_answers`]).
     answers: std::cell::RefCell<Answers>,
     /// Moving average of a committed write's share of its transaction (from `BEGIN` to
@@ -677,9 +736,16 @@ impl Writer {
 
     /// Runs a batch in one transaction, each write in its own savepoint, and answers every
     /// caller after the shared `COMMIT`.
+    ///
+    /// Savepoints cost two statements per write. While closures succeed, a group runs
+    /// without them: when a closure then fails, its changes cannot be undone alone, so
+    /// the transaction is rolled back, the culprit answered with its error, and the others
+    /// run again (a closure may run more than once), with savepoints for this group and
+    /// the next [`SAVEPOINT_GROUPS`].
     fn group(&mut self, mut batch: Vec<Entry>) {
         let policy = self.cfg.retry;
         let mut attempts = schedule(&policy);
+        let mut savepoints = self.savepoint_groups > 0;
         'attempt: loop {
             if let Err(e) = self.begin() {
                 if e.busy_code().is_some() && self.backoff(&mut attempts, &e) {
@@ -693,7 +759,7 @@ impl Writer {
             let mut i = 0;
             while i < batch.len() {
                 self.record_wait(&mut batch[i], started);
-                if exec(self.conn(), "SAVEPOINT luca_write").is_err() {
+                if savepoints && exec(self.conn(), "SAVEPOINT luca_write").is_err() {
                     return self.fall_back(batch);
                 }
                 let ran = self.run_closure(batch[i].job.as_mut());
@@ -715,11 +781,25 @@ impl Writer {
                     }
                     continue 'attempt;
                 }
-                let kept = match &ran.outcome {
-                    Ok(()) => Ok(()),
-                    Err(_) => exec(self.conn(), "ROLLBACK TO luca_write"),
+                if !savepoints && ran.outcome.is_err() {
+                    // No savepoint to roll back to: the group starts over without it.
+                    self.rollback();
+                    self.savepoint_groups = SAVEPOINT_GROUPS;
+                    savepoints = true;
+                    let culprit = batch.remove(i);
+                    self.finish(culprit, ran.outcome);
+                    if batch.is_empty() {
+                        attempts.finish(false);
+                        return;
+                    }
+                    continue 'attempt;
                 }
-                .and_then(|()| exec(self.conn(), "RELEASE luca_write"));
+                let kept = match (&ran.outcome, savepoints) {
+                    (_, false) => Ok(()),
+                    (Ok(()), true) => exec(self.conn(), "RELEASE luca_write"),
+                    (Err(_), true) => exec(self.conn(), "ROLLBACK TO luca_write")
+                        .and_then(|()| exec(self.conn(), "RELEASE luca_write")),
+                };
                 if kept.is_err() || self.conn().is_autocommit() {
                     // Our own savepoint statements failed (a full disk, say): what the
                     // group holds is unknown, so each write runs again alone.
@@ -734,6 +814,7 @@ impl Writer {
             match self.commit() {
                 Ok(()) => {
                     self.committed(batch.len(), changes);
+                    self.savepoint_groups = self.savepoint_groups.saturating_sub(1);
                     attempts.finish(true);
                     for (entry, outcome) in batch.into_iter().zip(outcomes) {
                         self.finish(entry, outcome);
