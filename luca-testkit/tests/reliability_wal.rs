@@ -66,11 +66,21 @@ fn wal_len(db: &Path) -> u64 {
 }
 
 /// Frames in the WAL right now (`PRAGMA wal_checkpoint(PASSIVE)`'s second column; the
-/// checkpoint itself changes no frame count).
+/// checkpoint itself changes no frame count). SQLite reports -1 while another checkpoint
+/// (the `Db`'s background one, woken by the last writes) holds the checkpoint lock: asked
+/// again until it answers, for at most 10 s.
 fn wal_frames(db: &Path) -> i64 {
     let conn = Connection::open(db).unwrap();
-    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
-        .unwrap()
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let frames: i64 = conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
+            .unwrap();
+        if frames >= 0 || Instant::now() >= deadline {
+            return frames;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 async fn open(path: &Path) -> Db {

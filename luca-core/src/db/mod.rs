@@ -395,11 +395,13 @@ impl DbBuilder {
                 reason: e.to_string(),
             })?;
         let (tx, rx) = mpsc::channel();
+        let room = Arc::new(Semaphore::new(self.max_queue));
         let shared = writer::WritePath::new(writer::new_writer(
             writer,
             self.writer_config(),
             Arc::clone(&stats),
             checkpointer,
+            Arc::clone(&room),
         ));
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -422,7 +424,7 @@ impl DbBuilder {
                     self.inline_limit
                 },
                 avg_read_ns: Arc::new(std::sync::atomic::AtomicU64::new(0)),
-                room: Arc::new(Semaphore::new(self.max_queue)),
+                room,
                 writer_thread: Mutex::new(Some(thread)),
                 stats,
                 runtime,
@@ -840,7 +842,7 @@ impl Db {
             value: None,
             reply,
             enqueued: Instant::now(),
-            _permit: permit,
+            permit: Some(permit),
         };
         self.inner.stats.enqueued();
         if self.inner.writes.send(Msg::Write(Box::new(job))).is_err() {

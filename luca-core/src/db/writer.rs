@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization, TransactionOperation};
-use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use super::stats::{Outcome, StatsInner};
 use crate::error::panic_message;
@@ -59,6 +59,9 @@ pub(crate) trait Run {
 pub(crate) trait Job: Run + Send {
     /// Sends the final answer: the kept value on `Ok`, else the error.
     fn answer(self: Box<Self>, outcome: Result<()>);
+    /// Takes the job's place in the bounded queue, so that a run's places are given back
+    /// at once (one lock of the semaphore per run, not per write).
+    fn take_place(&mut self) -> Option<OwnedSemaphorePermit>;
 }
 
 /// Runs `f` once, inside the panic guard: the value of an earlier run (a group that ran
@@ -93,7 +96,7 @@ pub(crate) struct TypedJob<F, T> {
     pub(crate) reply: oneshot::Sender<Result<T>>,
     pub(crate) enqueued: Instant,
     /// A place in the bounded queue, given back when the job is answered and dropped.
-    pub(crate) _permit: OwnedSemaphorePermit,
+    pub(crate) permit: Option<OwnedSemaphorePermit>,
 }
 
 impl<F, T> Run for TypedJob<F, T>
@@ -118,6 +121,10 @@ where
         let answer = answer_of(outcome, self.value.take());
         // The caller may have gone away (a dropped future): the write stands regardless.
         let _ = self.reply.send(answer);
+    }
+
+    fn take_place(&mut self) -> Option<OwnedSemaphorePermit> {
+        self.permit.take()
     }
 }
 
@@ -394,8 +401,10 @@ pub(crate) fn new_writer(
     cfg: WriterConfig,
     stats: Arc<StatsInner>,
     checkpointer: Option<Checkpointer>,
+    room: Arc<Semaphore>,
 ) -> Writer {
     let w = Writer {
+        room,
         conn: Some(conn),
         cfg,
         stats,
@@ -477,9 +486,9 @@ pub(crate) fn run(path: Shared, rx: Receiver<Msg>) {
             }
         }
         let mut answers = std::mem::take(&mut *w.answers.borrow_mut());
-        let stats = Arc::clone(&w.stats);
+        let (stats, room) = (Arc::clone(&w.stats), Arc::clone(&w.room));
         drop(w);
-        send_answers(&stats, &mut answers);
+        send_answers(&stats, &room, &mut answers);
         let mut w = lock(shared);
         // Keeps the vector's room for the next run.
         *w.answers.borrow_mut() = answers;
@@ -488,7 +497,11 @@ pub(crate) fn run(path: Shared, rx: Receiver<Msg>) {
     let mut w = lock(shared);
     // From here on, no write runs inline.
     w.closed = true;
-    send_answers(&Arc::clone(&w.stats), &mut w.answers.borrow_mut());
+    send_answers(
+        &Arc::clone(&w.stats),
+        &Arc::clone(&w.room),
+        &mut w.answers.borrow_mut(),
+    );
     // Writes queued behind a close (or sent while it ran) are answered `Closed`: none ran.
     while let Ok(msg) = rx.try_recv() {
         if let Msg::Write(job) = msg {
@@ -528,6 +541,8 @@ struct Entry {
 }
 
 pub(crate) struct Writer {
+    /// Places in the bounded write queue; queued jobs hold one until answered.
+    room: Arc<Semaphore>,
     /// `None` only while a broken connection is being replaced, and after close.
     conn: Option<Connection>,
     cfg: WriterConfig,
@@ -640,7 +655,7 @@ impl Writer {
             // Each caller hears right after its own commit; the last one once the lock
             // is released (see `send_answers`).
             if i < last {
-                send_answers(&self.stats, &mut self.answers.borrow_mut());
+                send_answers(&self.stats, &self.room, &mut self.answers.borrow_mut());
             }
         }
     }
@@ -1106,13 +1121,22 @@ impl Writer {
 /// that a caller who writes again at once finds the path free for an inline write.
 type Answers = Vec<(Box<dyn Job>, Result<()>)>;
 
-/// Sends the answers. A panic while answering (the `Drop` of a value the caller no
-/// longer waits for, or of the closure's captures) is contained and counted.
-fn send_answers(stats: &StatsInner, answers: &mut Answers) {
-    for (job, outcome) in answers.drain(..) {
+/// Sends the answers, then gives their places in the bounded queue back. A panic while
+/// answering (the `Drop` of a value the caller no longer waits for, or of the closure's
+/// captures) is contained and counted.
+fn send_answers(stats: &StatsInner, room: &Semaphore, answers: &mut Answers) {
+    let mut places = 0;
+    for (mut job, outcome) in answers.drain(..) {
+        if let Some(place) = job.take_place() {
+            place.forget();
+            places += 1;
+        }
         if catch_unwind(AssertUnwindSafe(move || job.answer(outcome))).is_err() {
             stats.panics.fetch_add(1, Relaxed);
         }
+    }
+    if places > 0 {
+        room.add_permits(places);
     }
 }
 
