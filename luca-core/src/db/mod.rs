@@ -568,24 +568,7 @@ impl Db {
                 )),
             };
             note_read(&inner.avg_read_ns, started);
-            let outcome = match ran {
-                Ok((result, true)) => result,
-                Ok((result, false)) => {
-                    let _ = managed::Object::take(conn);
-                    result
-                }
-                Err(payload) => {
-                    // What state `f` left the connection in is unknown: never reuse it.
-                    let _ = managed::Object::take(conn);
-                    inner
-                        .stats
-                        .panics
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    Err(Error::Panicked {
-                        message: panic_message(&*payload),
-                    })
-                }
-            };
+            let outcome = self.settle_read(conn, ran);
             // A task reading in a loop still yields to its runtime now and then.
             tokio::task::coop::consume_budget().await;
             return outcome;
@@ -602,14 +585,32 @@ impl Db {
             })
             .await;
         match outcome {
+            Ok(ran) => self.settle_read(conn, Ok(ran)),
+            Err(deadpool_sync::InteractError::Panic(payload)) => {
+                self.settle_read(conn, Err(payload))
+            }
+            Err(deadpool_sync::InteractError::Cancelled) => Err(self.closed()),
+        }
+    }
+
+    /// The answer of a read, from what its closure returned and whether its connection
+    /// came back clean (outside any transaction). A connection left inside a transaction
+    /// it could not leave, or by a panicking closure (its state unknown), is never handed
+    /// out again.
+    fn settle_read<T>(
+        &self,
+        conn: managed::Object<ReadManager>,
+        ran: std::thread::Result<(Result<T>, bool)>,
+    ) -> Result<T> {
+        match ran {
             Ok((result, true)) => result,
             Ok((result, false)) => {
-                // It could not be rolled back: never hand it out again.
                 let _ = managed::Object::take(conn);
                 result
             }
-            Err(deadpool_sync::InteractError::Panic(payload)) => {
-                inner
+            Err(payload) => {
+                let _ = managed::Object::take(conn);
+                self.inner
                     .stats
                     .panics
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -617,7 +618,6 @@ impl Db {
                     message: panic_message(&*payload),
                 })
             }
-            Err(deadpool_sync::InteractError::Cancelled) => Err(self.closed()),
         }
     }
 
