@@ -105,8 +105,8 @@ pub enum Error {
     },
 
     /// A blocking call on a [`Db`](crate::Db) was made from inside one of its own write
-    /// closures, on the writer thread: it would wait for itself forever. Do the work in
-    /// the closure, with the `&Connection` it was given.
+    /// closures (on the writer thread, or inline on the caller's): it would wait for
+    /// itself forever. Do the work in the closure, with the `&Connection` it was given.
     #[error(
         "`{call}` was called from inside a write closure of the same `Db`, which would wait \
          for itself forever; use the closure's `&Connection` instead"
