@@ -1,6 +1,8 @@
 //! `Fetcher` end to end against `HttpStub` (127.0.0.1 only). Several host names resolve to
 //! the one stub, so each outcome has its own breaker entry.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -17,26 +19,15 @@ const TIMEOUT: Duration = Duration::from_millis(300);
 
 /// A plain-HTTP client with short timeouts whose resolver sends `hosts` to `addr`.
 fn client(addr: SocketAddr, hosts: &[&str], follow_redirects: bool) -> reqwest::Client {
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("ring supports the default versions")
-    .with_root_certificates(rustls::RootCertStore::empty())
-    .with_no_client_auth();
-    let mut b = reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .timeout(TIMEOUT)
-        .connect_timeout(TIMEOUT)
-        .redirect(if follow_redirects {
-            Policy::limited(5)
-        } else {
-            Policy::none()
-        });
-    for h in hosts {
-        b = b.resolve(h, addr);
-    }
-    b.build().expect("client builds")
+    common::loopback_client(addr, hosts, |b| {
+        b.timeout(TIMEOUT)
+            .connect_timeout(TIMEOUT)
+            .redirect(if follow_redirects {
+                Policy::limited(5)
+            } else {
+                Policy::none()
+            })
+    })
 }
 
 /// A port on 127.0.0.1 that nothing listens on (bound, then closed).

@@ -2,6 +2,8 @@
 //! (127.0.0.1 only): the breaker opens and probes, the per-host limit holds, a fetch
 //! dropped while waiting for a slot takes nothing.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,21 +18,7 @@ const TIMEOUT: Duration = Duration::from_millis(300);
 
 /// A plain-HTTP client with short timeouts whose resolver sends `hosts` to `addr`.
 fn client(addr: SocketAddr, hosts: &[&str]) -> reqwest::Client {
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("ring supports the default versions")
-    .with_root_certificates(rustls::RootCertStore::empty())
-    .with_no_client_auth();
-    let mut b = reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .timeout(TIMEOUT)
-        .connect_timeout(TIMEOUT);
-    for h in hosts {
-        b = b.resolve(h, addr);
-    }
-    b.build().expect("client builds")
+    common::loopback_client(addr, hosts, |b| b.timeout(TIMEOUT).connect_timeout(TIMEOUT))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

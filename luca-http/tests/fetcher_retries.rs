@@ -3,6 +3,8 @@
 //! survive a restart with a persistent queue; a URL without a host is refused before the
 //! breaker, politeness and metrics see it.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,24 +27,14 @@ const TEST_BOUND: Duration = Duration::from_secs(25);
 /// timeouts, no pooled connections), so a paused clock stays where it is while a request
 /// is in flight.
 fn client(addr: SocketAddr, hosts: &[&str], timeouts: bool) -> reqwest::Client {
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("ring supports the default versions")
-    .with_root_certificates(rustls::RootCertStore::empty())
-    .with_no_client_auth();
-    let mut b = reqwest::Client::builder().tls_backend_preconfigured(tls);
-    b = if timeouts {
-        b.timeout(Duration::from_secs(5))
-            .connect_timeout(Duration::from_secs(5))
-    } else {
-        b.pool_max_idle_per_host(0).pool_idle_timeout(None)
-    };
-    for h in hosts {
-        b = b.resolve(h, addr);
-    }
-    b.build().expect("client builds")
+    common::loopback_client(addr, hosts, |b| {
+        if timeouts {
+            b.timeout(Duration::from_secs(5))
+                .connect_timeout(Duration::from_secs(5))
+        } else {
+            b.pool_max_idle_per_host(0).pool_idle_timeout(None)
+        }
+    })
 }
 
 /// Runs `test` on a current-thread runtime with paused time, with an `HttpStub` that runs

@@ -820,6 +820,7 @@ async fn extreme_settings_work_without_panicking() {
             .max_batch(usize::MAX)
             .max_queue(usize::MAX)
             .max_readers(luca_core::DbBuilder::MAX_READERS)
+            .inline_limit(Duration::MAX)
             .retry_policy(
                 luca_core::retry::RetryPolicy::new()
                     .with_delay(Duration::MAX)
