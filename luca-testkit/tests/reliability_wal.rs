@@ -341,3 +341,63 @@ async fn wal_stays_below_the_bound_with_four_readers_reading_back_to_back() {
     );
     db.close().await.unwrap();
 }
+
+/// A reader (another connection, as another process would hold it) keeps one snapshot
+/// open while a single writer inserts, and lets go only after the writer's third failed
+/// attempt to reset the WAL: attempts come every quarter threshold from 4·T on, so the
+/// fourth, at 4.75·T, resets it before the WAL reaches the bound. (With attempts every
+/// half threshold, the third came at 5·T and the WAL passed the bound.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_stays_below_the_bound_when_a_reader_outlasts_three_attempts() {
+    let tmp = TempDb::new();
+    let db = open(tmp.path()).await;
+    let attempts_before = db.stats().inline_checkpoints;
+    let reader = Connection::open(tmp.path()).unwrap();
+    reader
+        .execute_batch("BEGIN; SELECT count(*) FROM t;")
+        .unwrap();
+    let mut holding = true;
+    let mut held_for = 0;
+    let mut peak = 0;
+    let mut writes = 0u64;
+    let deadline = Instant::now() + BOUND;
+    // Until the WAL started over after the reader let go (or bounded by count and time).
+    while writes < 5_000 && Instant::now() < deadline {
+        db.write(|c| {
+            c.execute("INSERT INTO t (payload) VALUES (randomblob(200))", [])?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        writes += 1;
+        peak = peak.max(wal_len(tmp.path()));
+        // Each attempt is a PASSIVE and a RESTART checkpoint, both counted.
+        let attempts = (db.stats().inline_checkpoints - attempts_before) / 2;
+        if holding && attempts >= 3 {
+            reader.execute_batch("COMMIT").unwrap();
+            holding = false;
+            held_for = writes;
+        } else if !holding && wal_frames(tmp.path()) < i64::from(T) {
+            break;
+        }
+    }
+    println!(
+        "a reader held its snapshot for {held_for} writes (3 failed attempts); \
+         {writes} writes in all; WAL peak {} KiB, bound {} KiB",
+        peak / 1024,
+        BOUND_BYTES / 1024
+    );
+    assert!(
+        !holding,
+        "the writer never tried to reset the WAL three times"
+    );
+    assert!(
+        wal_frames(tmp.path()) < i64::from(T),
+        "the WAL did not start over once the reader let go"
+    );
+    assert!(
+        peak <= BOUND_BYTES,
+        "the WAL grew to {peak} bytes, past the bound of {BOUND_BYTES} (5 * {T} frames)"
+    );
+    db.close().await.unwrap();
+}

@@ -160,6 +160,30 @@ const SAVEPOINT_GROUPS: u32 = 64;
 /// Longest wait of the writer's RESTART checkpoint for readers on older snapshots.
 pub(crate) const RESTART_WAIT: Duration = Duration::from_millis(50);
 
+/// How often the RESTART checkpoint looks again whether the readers it waits for are
+/// done (see [`restart_busy`]).
+const RESTART_POLL: Duration = Duration::from_micros(250);
+
+thread_local! {
+    /// Until when [`restart_busy`] keeps the running RESTART checkpoint waiting.
+    static RESTART_UNTIL: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+}
+
+/// The busy handler of the writer's RESTART checkpoint. SQLite's own (`busy_timeout`)
+/// looks at 1, 3, 8, 18, 33 and 50 ms, so a reader that ends after 9 ms holds the writes
+/// up for 18 ms; this one looks again every [`RESTART_POLL`] until [`RESTART_UNTIL`].
+fn restart_busy(_tries: i32) -> bool {
+    let Some(until) = RESTART_UNTIL.with(std::cell::Cell::get) else {
+        return false;
+    };
+    let left = until.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return false;
+    }
+    std::thread::sleep(left.min(RESTART_POLL));
+    true
+}
+
 /// SQLite's WAL hook on the write connection: records the WAL's size. Installing it also
 /// turns off SQLite's own auto-checkpoint, which would run on the commit path.
 pub(crate) fn record_wal_pages(
@@ -555,7 +579,8 @@ pub(crate) struct Writer {
     /// only once the WAL has grown by another threshold (or started over).
     woke_checkpointer_at: std::cell::Cell<i64>,
     /// WAL size (pages) from which the writer tries its RESTART checkpoint again: raised
-    /// by half a threshold after an attempt that could not reset the WAL.
+    /// by a quarter of a threshold after an attempt that could not reset the WAL (half a
+    /// threshold once the WAL holds five thresholds).
     retry_checkpoint_at: std::cell::Cell<i64>,
     /// Frames in the WAL after the last commit that wrote any.
     wal_pages: i64,
@@ -998,18 +1023,20 @@ impl Writer {
     }
 
     /// After a run of writes was answered: past the threshold, wake the background
-    /// checkpointer (once per threshold of growth). Its PASSIVE checkpoints cannot let the WAL start over while writes
-    /// keep arriving (new frames land behind them), so past four times the threshold the
-    /// writer finishes the job itself, between two runs: a PASSIVE checkpoint (most frames
-    /// are already copied), and when readers on older snapshots kept it from copying every
-    /// frame, a RESTART that waits at most [`RESTART_WAIT`] for them to finish (writes wait
-    /// meanwhile; new reads start on the last snapshot and do not hold it up). Once every
-    /// frame is copied and no reader uses the WAL, the next write starts it from the
-    /// beginning. An attempt that cannot get there (a read longer than the wait, another
-    /// process checkpointing) is tried again once the WAL has grown by half a threshold,
-    /// not after every write; meanwhile the background checkpointer, woken once per
-    /// threshold of growth, resets the WAL as soon as the readers are gone. The WAL stays bounded under sustained load as long as reads
-    /// are shorter than the wait.
+    /// checkpointer (once per threshold of growth). Its PASSIVE checkpoints cannot let the
+    /// WAL start over while writes keep arriving (new frames land behind them), so past
+    /// four times the threshold the writer finishes the job itself, between two runs: a
+    /// PASSIVE checkpoint (most frames are already copied), and when readers on older
+    /// snapshots kept it from copying every frame, a RESTART that waits at most
+    /// [`RESTART_WAIT`] for them to finish (writes wait meanwhile; new reads start on the
+    /// last snapshot and do not hold it up). Once every frame is copied and no reader uses
+    /// the WAL, the next write starts it from the beginning. An attempt that cannot get
+    /// there (a read longer than the wait, another process checkpointing) is tried again
+    /// once the WAL has grown by a quarter of a threshold (four attempts before five
+    /// thresholds; past that, after half a threshold), not after every write; meanwhile
+    /// the background checkpointer, woken once per threshold of growth, resets the WAL as
+    /// soon as the readers are gone. The WAL stays bounded under sustained load as long as
+    /// reads are shorter than the wait.
     ///
     /// After an inline write (`on_thread` false) the writer's own checkpoint is not run on
     /// the caller's thread: the result is `true` when it is due and the writer thread
@@ -1045,8 +1072,16 @@ impl Writer {
                 self.wal_pages = 0;
                 self.retry_checkpoint_at.set(0);
             } else {
+                // Four attempts before the WAL reaches 5 * threshold (one reader slowed
+                // down past the wait does not take the WAL over its bound), then fewer:
+                // past it a reader is pinning its snapshot and each attempt stalls writes.
+                let step = if pages < 5 * threshold {
+                    threshold / 4
+                } else {
+                    threshold / 2
+                };
                 self.retry_checkpoint_at
-                    .set(pages.saturating_add((threshold / 2).max(1)));
+                    .set(pages.saturating_add(step.max(1)));
             }
         } else {
             // Once per threshold of growth, not after every commit: a PASSIVE checkpoint
@@ -1085,17 +1120,17 @@ impl Writer {
         }
     }
 
-    /// A RESTART checkpoint with the busy handler bounded by [`RESTART_WAIT`] for its
-    /// length, then the configured `busy_timeout` again.
+    /// A RESTART checkpoint whose busy handler ([`restart_busy`]) waits at most
+    /// [`RESTART_WAIT`] for the readers, then the configured `busy_timeout` again.
     fn restart(&self, conn: &Connection) -> bool {
-        if conn.busy_timeout(RESTART_WAIT).is_err() {
-            return false;
-        }
-        let reset = self.checkpoint(conn, "RESTART");
+        RESTART_UNTIL.with(|until| until.set(Instant::now().checked_add(RESTART_WAIT)));
+        let reset =
+            conn.busy_handler(Some(restart_busy)).is_ok() && self.checkpoint(conn, "RESTART");
+        RESTART_UNTIL.with(|until| until.set(None));
         if conn.busy_timeout(self.cfg.pragmas.busy_timeout).is_err() {
             // Not expected (SQLite's call cannot fail and the builder bounds the value),
             // but if it did, the writer's retry policy would still wait out other
-            // processes' locks, each attempt with the short wait: say so.
+            // processes' locks, each attempt without waiting for the lock: say so.
             tracing::warn!(
                 target: "luca_core::db",
                 path = %self.cfg.path.display(),
