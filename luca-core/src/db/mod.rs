@@ -449,7 +449,7 @@ impl DbBuilder {
         let conn = pragmas::open(&self.path, &self.pragmas())?;
         let (wake, rx) = mpsc::sync_channel(1);
         let stats = Arc::clone(stats);
-        let running = Arc::new(Mutex::new(()));
+        let running = Arc::new(Mutex::new(writer::Copied::default()));
         let held = Arc::clone(&running);
         let thread = std::thread::Builder::new()
             .name("luca-db-checkpoint".into())
