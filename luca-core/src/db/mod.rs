@@ -178,6 +178,8 @@ impl DbBuilder {
     }
 
     /// Durability (default `NORMAL`: consistent always, durable across process crashes).
+    /// At `FULL` and `EXTRA` groups wait briefly for their writers' next writes (see
+    /// [`max_wait`](Self::max_wait)).
     pub fn synchronous(mut self, s: Synchronous) -> Self {
         self.synchronous = s;
         self
@@ -206,8 +208,14 @@ impl DbBuilder {
     }
 
     /// With group commit, how long a lone write waits for company before committing
-    /// (default 0: never waits; a batch forms only from writes already queued). Ignored
-    /// when group commit is off. A batch closes as soon as it holds `max_batch` writes.
+    /// (default 0: a batch forms from the writes already queued). Ignored when group
+    /// commit is off. A batch closes as soon as it holds `max_batch` writes.
+    ///
+    /// With the default 0 and [`synchronous`](Self::synchronous) `FULL` or `EXTRA`, where
+    /// every commit costs a sync, a group waits for the writers of the group before it as
+    /// they come back (at most a quarter of the last transaction's time, at most 2 ms),
+    /// so that 16 writers share one sync instead of taking turns in two groups of 8.
+    /// A lone writer never waits.
     /// At most [`MAX_WAIT_LIMIT`](Self::MAX_WAIT_LIMIT): a longer wait (such as
     /// `Duration::MAX`) would leave a lone write hanging, and is refused by
     /// [`DbBuilder::build`] with [`Error::InvalidSetting`].
@@ -843,6 +851,11 @@ impl Db {
             reply,
             enqueued: Instant::now(),
             permit: Some(permit),
+            stamp: self
+                .inner
+                .writer
+                .answered_runs
+                .load(std::sync::atomic::Ordering::Acquire),
         };
         self.inner.stats.enqueued();
         if self.inner.writes.send(Msg::Write(Box::new(job))).is_err() {

@@ -28,7 +28,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use super::stats::{Outcome, StatsInner};
 use crate::error::panic_message;
-use crate::pragmas::{self, Pragmas};
+use crate::pragmas::{self, Pragmas, Synchronous};
 use crate::retry::{RetryPolicy, Retryable, Schedule};
 use crate::{Error, Result};
 
@@ -62,6 +62,8 @@ pub(crate) trait Job: Run + Send {
     /// Takes the job's place in the bounded queue, so that a run's places are given back
     /// at once (one lock of the semaphore per run, not per write).
     fn take_place(&mut self) -> Option<OwnedSemaphorePermit>;
+    /// [`WritePath::answered_runs`] when the write was queued.
+    fn stamp(&self) -> u64;
 }
 
 /// Runs `f` once, inside the panic guard: the value of an earlier run (a group that ran
@@ -97,6 +99,8 @@ pub(crate) struct TypedJob<F, T> {
     pub(crate) enqueued: Instant,
     /// A place in the bounded queue, given back when the job is answered and dropped.
     pub(crate) permit: Option<OwnedSemaphorePermit>,
+    /// See [`Job::stamp`].
+    pub(crate) stamp: u64,
 }
 
 impl<F, T> Run for TypedJob<F, T>
@@ -126,6 +130,10 @@ where
     fn take_place(&mut self) -> Option<OwnedSemaphorePermit> {
         self.permit.take()
     }
+
+    fn stamp(&self) -> u64 {
+        self.stamp
+    }
 }
 
 /// A write run on the calling thread: the closure stays the caller's.
@@ -151,6 +159,10 @@ where
 /// How long the writer thread waits for the writers of a group it just answered before
 /// the path counts as idle (and writes may run inline). It sleeps meanwhile.
 const REGROUP_WAIT: Duration = Duration::from_micros(200);
+
+/// The longest a group waits for the writers of the last one (see
+/// [`Writer::company_until`]).
+const COMPANY_WAIT_MAX: Duration = Duration::from_millis(2);
 
 /// Groups that keep a savepoint per write after a closure failed in a group without
 /// them: a workload where closures often fail pays two statements per write, not a
@@ -426,6 +438,10 @@ pub(crate) struct WritePath {
     /// writes run only then, not in the gap between two runs of a busy writer thread
     /// (a write taken inline there would split the next group).
     pub(crate) idle: AtomicBool,
+    /// Runs of writes the writer thread has answered: a queued write carries the count
+    /// (see [`Job::stamp`]), which tells a group the writers of the last run from the
+    /// writes that were waiting already.
+    pub(crate) answered_runs: std::sync::atomic::AtomicU64,
 }
 
 impl WritePath {
@@ -433,6 +449,7 @@ impl WritePath {
         Arc::new(WritePath {
             writer: Mutex::new(writer),
             idle: AtomicBool::new(true),
+            answered_runs: std::sync::atomic::AtomicU64::new(0),
         })
     }
 }
@@ -468,6 +485,7 @@ pub(crate) fn new_writer(
         maintain_due: false,
         closed: false,
         tx_started: Instant::now(),
+        last_tx: Duration::ZERO,
         avg_write_ns: 0,
         answers: std::cell::RefCell::new(Vec::new()),
         savepoint_groups: 0,
@@ -507,6 +525,7 @@ pub(crate) fn run(path: Shared, rx: Receiver<Msg>) {
                 }
             }
         };
+        let prev_run = last_run;
         last_run = 0;
         let first = match next {
             Ok(Msg::Write(job)) => job,
@@ -521,7 +540,10 @@ pub(crate) fn run(path: Shared, rx: Receiver<Msg>) {
             Err(_) => break,
         };
         let mut w = lock(shared);
-        let batch = w.collect(first, &rx, &mut closing);
+        let run_id = path
+            .answered_runs
+            .load(std::sync::atomic::Ordering::Acquire);
+        let batch = w.collect(first, &rx, &mut closing, prev_run, run_id);
         // Only now, with the lock held: while a write waits here, no caller runs one inline.
         w.stats.dequeued(batch.len());
         last_run = batch.len();
@@ -539,6 +561,8 @@ pub(crate) fn run(path: Shared, rx: Receiver<Msg>) {
         let mut answers = std::mem::take(&mut *w.answers.borrow_mut());
         let (stats, room) = (Arc::clone(&w.stats), Arc::clone(&w.room));
         drop(w);
+        path.answered_runs
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         send_answers(&stats, &room, &mut answers);
         let mut w = lock(shared);
         // Keeps the vector's room for the next run.
@@ -620,6 +644,8 @@ pub(crate) struct Writer {
     closed: bool,
     /// When the current transaction began.
     tx_started: Instant,
+    /// How long the last committed transaction took, `BEGIN` to the end of `COMMIT`.
+    last_tx: Duration,
     /// Groups still to run with a savepoint per write, after a closure failed in a group
     /// without them (see [`Writer::group`]).
     savepoint_groups: u32,
@@ -657,11 +683,20 @@ impl Writer {
 
     /// The first write plus whatever is queued behind it (and, with `max_wait`, whatever
     /// arrives in time), up to `max_batch`.
+    ///
+    /// When every commit syncs (`synchronous=FULL` or `EXTRA`, no `max_wait`) and the last
+    /// run held `last_run` writes, its writers are likely to write again at once: the
+    /// group waits for them (see [`Writer::company_until`]), so that one sync serves them
+    /// and the writes that were already queued. Without the wait, writers split into two
+    /// half-size groups that take turns, each paying a sync. `run_id` tells the writes
+    /// queued before the last run was answered (not its writers) from those after.
     fn collect(
         &self,
         first: Box<dyn Job>,
         rx: &Receiver<Msg>,
         closing: &mut Option<oneshot::Sender<()>>,
+        last_run: usize,
+        run_id: u64,
     ) -> Vec<Entry> {
         let entry = |job| Entry { job, waited: false };
         let mut batch = vec![entry(first)];
@@ -669,6 +704,9 @@ impl Writer {
         // `None`: a `max_wait` too long to add to the clock waits without a deadline.
         // The builder bounds `max_wait`; a deadline past the clock's range waits no more.
         let until = Instant::now().checked_add(self.cfg.max_wait);
+        let company = self.company_until(last_run);
+        // Writes queued before the last run was answered are not its writers.
+        let mut before = usize::from(batch[0].job.stamp() < run_id);
         while batch.len() < self.cfg.max_batch {
             let next = match rx.try_recv() {
                 Ok(m) => Some(m),
@@ -676,10 +714,19 @@ impl Writer {
                     rx.recv_timeout(until.saturating_duration_since(Instant::now()))
                         .ok()
                 }),
+                Err(TryRecvError::Empty) => match company {
+                    Some(until) if batch.len() < (before + last_run).min(self.cfg.max_batch) => rx
+                        .recv_timeout(until.saturating_duration_since(Instant::now()))
+                        .ok(),
+                    _ => None,
+                },
                 Err(_) => None,
             };
             match next {
-                Some(Msg::Write(job)) => batch.push(entry(job)),
+                Some(Msg::Write(job)) => {
+                    before += usize::from(job.stamp() < run_id);
+                    batch.push(entry(job));
+                }
                 // Done after this run anyway.
                 Some(Msg::Maintain) => {}
                 Some(Msg::Close(ack)) => {
@@ -690,6 +737,20 @@ impl Writer {
             }
         }
         batch
+    }
+
+    /// Until when a group waits for the writers of the last run to come back: a quarter
+    /// of the last transaction's time, at most [`COMPANY_WAIT_MAX`]; `None` (no wait) at
+    /// `synchronous` `NORMAL` or `OFF` (a commit costs no sync, waiting costs more than it
+    /// saves), with `max_wait` set (the caller's rule applies), without group commit, and
+    /// after a lone write.
+    fn company_until(&self, last_run: usize) -> Option<Instant> {
+        let syncs = matches!(
+            self.cfg.pragmas.synchronous,
+            Synchronous::Full | Synchronous::Extra
+        );
+        (syncs && self.cfg.group_commit && self.cfg.max_wait.is_zero() && last_run > 1)
+            .then(|| Instant::now() + (self.last_tx / 4).min(COMPANY_WAIT_MAX))
     }
 
     /// Commits a drained run of queued writes: as one group, or (group commit off, or a
@@ -991,8 +1052,9 @@ impl Writer {
 
     fn committed(&mut self, writes: usize, changes: u64) {
         self.stats.committed(writes, changes);
-        let per_write = u64::try_from(self.tx_started.elapsed().as_nanos()).unwrap_or(u64::MAX)
-            / writes.max(1) as u64;
+        self.last_tx = self.tx_started.elapsed();
+        let per_write =
+            u64::try_from(self.last_tx.as_nanos()).unwrap_or(u64::MAX) / writes.max(1) as u64;
         // An eighth of the newest sample: one slow write does not turn inline writes off
         // for long, a run of them does.
         self.avg_write_ns = self.avg_write_ns - self.avg_write_ns / 8 + per_write / 8;
