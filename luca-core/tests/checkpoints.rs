@@ -50,14 +50,7 @@ async fn a_pinned_snapshot_does_not_make_the_writer_checkpoint_after_every_write
     const WRITES: i64 = 10_000;
     const T: u32 = 200;
     let tmp = TempDb::new();
-    let db = Db::builder(tmp.path())
-        .wal_autocheckpoint(T)
-        .build()
-        .await
-        .unwrap();
-    db.write(|c| Ok(c.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")?))
-        .await
-        .unwrap();
+    let db = with_threshold(&tmp, T).await;
     let reader = luca_core::rusqlite::Connection::open(tmp.path()).unwrap();
     reader.execute_batch("BEGIN").unwrap();
     let _: i64 = reader
@@ -123,14 +116,7 @@ async fn the_writer_resets_early_when_little_is_left_to_copy() {
 async fn writes_until_the_writer_resets(threshold: u32) -> u64 {
     const PAGE: u64 = 4096;
     let tmp = TempDb::new();
-    let db = Db::builder(tmp.path())
-        .wal_autocheckpoint(threshold)
-        .build()
-        .await
-        .unwrap();
-    db.write(|c| Ok(c.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")?))
-        .await
-        .unwrap();
+    let db = with_threshold(&tmp, threshold).await;
     let mut wal = tmp.path().as_os_str().to_owned();
     wal.push("-wal");
     // One write after another: the background checkpointer never finds the WAL still, so
@@ -153,4 +139,17 @@ async fn writes_until_the_writer_resets(threshold: u32) -> u64 {
     );
     assert!(s.inline_checkpoints >= 1, "the writer never reset the WAL");
     frames
+}
+
+/// A `Db` checkpointing at `threshold` pages, with the table `t (id, v BLOB)`.
+async fn with_threshold(tmp: &TempDb, threshold: u32) -> Db {
+    let db = Db::builder(tmp.path())
+        .wal_autocheckpoint(threshold)
+        .build()
+        .await
+        .unwrap();
+    db.write(|c| Ok(c.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")?))
+        .await
+        .unwrap();
+    db
 }

@@ -12,17 +12,23 @@ use luca_testkit::TempDb;
 const WRITERS: usize = 16;
 const EACH: usize = 60;
 
-/// `WRITERS` tasks, each writing `EACH` rows one after another; the stats afterwards.
-async fn writers_at(sync: Synchronous) -> DbStats {
-    let tmp = TempDb::new();
+/// A `Db` at `sync` with `schema` created.
+async fn open(tmp: &TempDb, sync: Synchronous, schema: &'static str) -> Db {
     let db = Db::builder(tmp.path())
         .synchronous(sync)
         .build()
         .await
         .unwrap();
-    db.write(|c| Ok(c.execute_batch("CREATE TABLE t (w INTEGER, i INTEGER)")?))
+    db.write(move |c| Ok(c.execute_batch(schema)?))
         .await
         .unwrap();
+    db
+}
+
+/// `WRITERS` tasks, each writing `EACH` rows one after another; the stats afterwards.
+async fn writers_at(sync: Synchronous) -> DbStats {
+    let tmp = TempDb::new();
+    let db = open(&tmp, sync, "CREATE TABLE t (w INTEGER, i INTEGER)").await;
     let start = Arc::new(tokio::sync::Barrier::new(WRITERS));
     let tasks: Vec<_> = (0..WRITERS)
         .map(|w| {
@@ -89,14 +95,7 @@ async fn at_full_concurrent_writers_share_one_sync() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_wait_for_company_is_bounded() {
     let tmp = TempDb::new();
-    let db = Db::builder(tmp.path())
-        .synchronous(Synchronous::Full)
-        .build()
-        .await
-        .unwrap();
-    db.write(|c| Ok(c.execute_batch("CREATE TABLE t (v INTEGER)")?))
-        .await
-        .unwrap();
+    let db = open(&tmp, Synchronous::Full, "CREATE TABLE t (v INTEGER)").await;
     for round in 0..20 {
         // A group of 8 …
         let start = Arc::new(tokio::sync::Barrier::new(8));
