@@ -904,10 +904,7 @@ impl Writer {
                         others = batch.len() - 1,
                         "SQLite rolled back the group; re-running the others"
                     );
-                    let culprit = batch.remove(i);
-                    self.finish(culprit, ran.outcome);
-                    if batch.is_empty() {
-                        attempts.finish(false);
+                    if self.answer_culprit(&mut batch, i, ran.outcome, &attempts) {
                         return;
                     }
                     continue 'attempt;
@@ -917,10 +914,7 @@ impl Writer {
                     self.rollback();
                     self.savepoint_groups = SAVEPOINT_GROUPS;
                     savepoints = true;
-                    let culprit = batch.remove(i);
-                    self.finish(culprit, ran.outcome);
-                    if batch.is_empty() {
-                        attempts.finish(false);
+                    if self.answer_culprit(&mut batch, i, ran.outcome, &attempts) {
                         return;
                     }
                     continue 'attempt;
@@ -961,6 +955,23 @@ impl Writer {
                 Err(_) => return self.fall_back(batch),
             }
         }
+    }
+
+    /// Takes the write at `i` out of a group that must run again without it and answers
+    /// it; `true` when no write is left to run.
+    fn answer_culprit(
+        &self,
+        batch: &mut Vec<Entry>,
+        i: usize,
+        outcome: Result<()>,
+        attempts: &Schedule<'_>,
+    ) -> bool {
+        let culprit = batch.remove(i);
+        self.finish(culprit, outcome);
+        if batch.is_empty() {
+            attempts.finish(false);
+        }
+        batch.is_empty()
     }
 
     fn fall_back(&mut self, batch: Vec<Entry>) {
@@ -1132,11 +1143,12 @@ impl Writer {
     ///
     /// The reset stalls the writes for as long as its PASSIVE checkpoint takes: copying
     /// what the background checkpointer has not copied yet, and syncing. So from 3.5
-    /// thresholds until the reset is due the writer resets early, but only when the background checkpointer's
-    /// last pass left at most a quarter of a threshold to copy (PASSIVE only, no waiting
-    /// for readers); otherwise it wakes the background checkpointer and looks again after
-    /// a sixteenth of a threshold of growth. Under sustained writes this halves the stall
-    /// (the writes' p99.9 in the benchmark: 7 ms to 4 ms at 64 writers).
+    /// thresholds until the reset is due, the writer resets early, but only when the
+    /// background checkpointer's last pass left at most a quarter of a threshold to copy
+    /// (PASSIVE only, no waiting for readers); otherwise it wakes the background
+    /// checkpointer and looks again after a sixteenth of a threshold of growth. Under
+    /// sustained writes this halves the stall (the writes' p99.9 in the benchmark: 7 ms to
+    /// 4 ms at 64 writers).
     ///
     /// After an inline write (`on_thread` false) the writer's own checkpoint is not run on
     /// the caller's thread: the result is `true` when it is due and the writer thread
@@ -1176,9 +1188,7 @@ impl Writer {
                 reset
             };
             if reset {
-                self.wal_pages = 0;
-                self.retry_checkpoint_at.set(0);
-                self.early_checkpoint_at.set(0);
+                self.reset_done();
             } else {
                 // Four attempts before the WAL reaches 5 * threshold (one reader slowed
                 // down past the wait does not take the WAL over its bound), then fewer:
@@ -1201,27 +1211,27 @@ impl Writer {
             // checkpoint copies what the background one left. Before it is due, it runs
             // only when that is little; else the background checkpointer is woken to
             // copy more meanwhile.
+            let mut reset = false;
             if let Ok(mut last) = c.running.try_lock() {
-                let left = last.left(pages);
-                if left <= (threshold / 4).max(1) {
+                if last.left(pages) <= (threshold / 4).max(1) {
                     if !on_thread {
                         let ask = !self.maintain_due;
                         self.maintain_due = true;
                         return ask;
                     }
                     // PASSIVE only: waiting for readers is for when the reset is due.
-                    let reset = self.checkpoint(conn, "PASSIVE");
+                    reset = self.checkpoint(conn, "PASSIVE");
                     if reset {
                         *last = Copied::default();
-                        self.wal_pages = 0;
-                        self.retry_checkpoint_at.set(0);
-                        self.early_checkpoint_at.set(0);
-                        return false;
                     }
                 } else {
                     drop(last);
                     let _ = c.wake.try_send(());
                 }
+            }
+            if reset {
+                self.reset_done();
+                return false;
             }
             self.early_checkpoint_at
                 .set(pages.saturating_add((threshold / 16).max(1)));
@@ -1240,6 +1250,14 @@ impl Writer {
             let _ = c.wake.try_send(());
         }
         false
+    }
+
+    /// The writer's checkpoint copied every frame: the next write starts the WAL over, and
+    /// the schedules of the attempts start again.
+    fn reset_done(&mut self) {
+        self.wal_pages = 0;
+        self.retry_checkpoint_at.set(0);
+        self.early_checkpoint_at.set(0);
     }
 
     /// Runs `PRAGMA wal_checkpoint(mode)`; true when it copied every frame (so the next
