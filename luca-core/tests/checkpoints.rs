@@ -1,6 +1,7 @@
 //! How often `Db` checkpoints: amortised over the WAL's growth, not once per commit.
 
 use luca_core::Db;
+use luca_core::pragmas::Synchronous;
 use luca_testkit::TempDb;
 
 /// 20 000 writes from one task (the commonest program: one writing task), default
@@ -152,4 +153,57 @@ async fn with_threshold(tmp: &TempDb, threshold: u32) -> Db {
         .await
         .unwrap();
     db
+}
+
+/// Writes 300-byte rows until the background checkpointer has run `passes` passes (at most
+/// 20 000 writes); returns the stats at the end.
+async fn write_until_background_passes(db: &Db, passes: u64) -> luca_core::DbStats {
+    for i in 0..20_000i64 {
+        if db.stats().checkpoints >= passes {
+            break;
+        }
+        db.write(move |c| {
+            c.execute("INSERT INTO t (v) VALUES (randomblob(300 + ?1 % 7))", [i])?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    }
+    db.stats()
+}
+
+/// SQLite syncs the database file only after a checkpoint that reaches the WAL's end; the
+/// background checkpointer syncs it after each pass that copied frames, so the writer's
+/// reset has little left to sync. With `synchronous = OFF` nothing is synced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_passes_sync_the_database_file_unless_synchronous_is_off() {
+    for sync in [Synchronous::Normal, Synchronous::Full, Synchronous::Off] {
+        let tmp = TempDb::new();
+        let db = Db::builder(tmp.path())
+            .wal_autocheckpoint(100)
+            .synchronous(sync)
+            .build()
+            .await
+            .unwrap();
+        db.write(|c| Ok(c.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")?))
+            .await
+            .unwrap();
+        let s = write_until_background_passes(&db, 3).await;
+        db.close().await.unwrap();
+        println!(
+            "{sync:?}: {} background passes, {} file syncs, {} writes",
+            s.checkpoints, s.file_syncs, s.writes_ok
+        );
+        assert!(s.checkpoints >= 3, "{sync:?}: too few passes: {s:?}");
+        if sync == Synchronous::Off {
+            assert_eq!(s.file_syncs, 0, "{s:?}");
+        } else {
+            assert!(
+                s.file_syncs >= 1 && s.file_syncs <= s.checkpoints,
+                "{sync:?}: {} syncs for {} passes: {s:?}",
+                s.file_syncs,
+                s.checkpoints
+            );
+        }
+    }
 }

@@ -1118,7 +1118,7 @@ async fn stats_count_rows_and_reads_and_print_them() {
         "busy 0 retries 0",
         &*format!("queue 0 (max {}, waited for room 0)", stats.max_queue_depth),
         "sqlite rollbacks 0 | refused 0 | reopens 0",
-        "checkpoints 0 (+0 by the writer)",
+        "checkpoints 0 (+0 by the writer, 0 file syncs)",
     ] {
         assert!(text.contains(row), "`{row}` missing from\n{text}");
     }

@@ -41,6 +41,7 @@
 //! ```
 
 mod stats;
+mod sys;
 mod writer;
 
 use std::fmt;
@@ -455,13 +456,15 @@ impl DbBuilder {
             return Ok(None);
         }
         let conn = pragmas::open(&self.path, &self.pragmas())?;
+        // With synchronous OFF nothing is synced, the database file included.
+        let sync_file = self.synchronous != Synchronous::Off;
         let (wake, rx) = mpsc::sync_channel(1);
         let stats = Arc::clone(stats);
         let running = Arc::new(Mutex::new(writer::Copied::default()));
         let held = Arc::clone(&running);
         let thread = std::thread::Builder::new()
             .name("luca-db-checkpoint".into())
-            .spawn(move || writer::checkpoint_loop(conn, rx, held, stats))
+            .spawn(move || writer::checkpoint_loop(conn, rx, held, stats, sync_file))
             .map_err(|e| Error::Pool {
                 path: self.path.clone(),
                 reason: format!("cannot start the checkpoint thread: {e}"),

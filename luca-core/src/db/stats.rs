@@ -129,6 +129,7 @@ pub(crate) struct StatsInner {
     pub(crate) commit_fallbacks: AtomicU64,
     pub(crate) checkpoints: AtomicU64,
     pub(crate) inline_checkpoints: AtomicU64,
+    pub(crate) file_syncs: AtomicU64,
     pub(crate) inline_writes: AtomicU64,
     pub(crate) sqlite_rollbacks: AtomicU64,
     pub(crate) refused: AtomicU64,
@@ -197,6 +198,7 @@ impl StatsInner {
             commit_fallbacks: z(),
             checkpoints: z(),
             inline_checkpoints: z(),
+            file_syncs: z(),
             inline_writes: z(),
             sqlite_rollbacks: z(),
             refused: z(),
@@ -288,6 +290,11 @@ impl StatsInner {
         .increment(1);
     }
 
+    /// The background checkpointer synced the database file after a pass.
+    pub(crate) fn file_synced(&self) {
+        self.file_syncs.fetch_add(1, Relaxed);
+    }
+
     pub(crate) fn snapshot(&self) -> DbStats {
         DbStats {
             commits: self.commits.load(Relaxed),
@@ -304,6 +311,7 @@ impl StatsInner {
             commit_fallbacks: self.commit_fallbacks.load(Relaxed),
             checkpoints: self.checkpoints.load(Relaxed),
             inline_checkpoints: self.inline_checkpoints.load(Relaxed),
+            file_syncs: self.file_syncs.load(Relaxed),
             inline_writes: self.inline_writes.load(Relaxed),
             sqlite_rollbacks: self.sqlite_rollbacks.load(Relaxed),
             refused: self.refused.load(Relaxed),
@@ -352,6 +360,9 @@ pub struct DbStats {
     /// Checkpoints the writer ran itself, between two runs of writes, because sustained
     /// writing kept the WAL past four times the threshold.
     pub inline_checkpoints: u64,
+    /// Syncs of the database file after background checkpoints (SQLite syncs it itself
+    /// only when a checkpoint reaches the WAL's end; these keep the writer's reset short).
+    pub file_syncs: u64,
     /// Writes that ran on their caller's thread because the write path was idle (see
     /// [`DbBuilder::inline_limit`](crate::DbBuilder::inline_limit)); the others ran on
     /// the writer thread.
@@ -391,7 +402,7 @@ impl fmt::Display for DbStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "commits {} | writes ok {} failed {} (inline {}) | rows {} | reads {} | busy {} retries {} | queue {} (max {}, waited for room {}) | dirty rollbacks {} | panics {} | commit fallbacks {} | sqlite rollbacks {} | refused {} | reopens {} | checkpoints {} (+{} by the writer)",
+            "commits {} | writes ok {} failed {} (inline {}) | rows {} | reads {} | busy {} retries {} | queue {} (max {}, waited for room {}) | dirty rollbacks {} | panics {} | commit fallbacks {} | sqlite rollbacks {} | refused {} | reopens {} | checkpoints {} (+{} by the writer, {} file syncs)",
             self.commits,
             self.writes_ok,
             self.writes_failed,
@@ -410,7 +421,8 @@ impl fmt::Display for DbStats {
             self.refused,
             self.reopens,
             self.checkpoints,
-            self.inline_checkpoints
+            self.inline_checkpoints,
+            self.file_syncs
         )?;
         writeln!(
             f,

@@ -243,23 +243,49 @@ pub(crate) struct Checkpointer {
 }
 
 /// The checkpointer thread's loop; returns when the writer drops its end.
+///
+/// With `sync_file` (any `synchronous` but OFF) a pass that copied frames is followed by
+/// a sync of the database file ([`sys::sync_main_file`](super::sys::sync_main_file)):
+/// SQLite syncs it only after a pass that reaches the WAL's end, which a pass beside
+/// constant commits never does, and the writer's reset would sync all of it.
 pub(crate) fn checkpoint_loop(
     conn: Connection,
     wake: Receiver<()>,
     running: Arc<Mutex<Copied>>,
     stats: Arc<StatsInner>,
+    sync_file: bool,
 ) {
+    // Frames copied as of the last sync (of this WAL: a smaller count means it started over).
+    let mut synced = 0;
     while wake.recv().is_ok() {
-        let mut last = running
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // (busy, frames in the WAL, frames copied)
-        if let Ok((log, copied)) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-            Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-        }) {
-            *last = Copied { log, copied };
-            stats.checkpointed(false);
+        let pass = {
+            let mut last = running
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // (busy, frames in the WAL, frames copied)
+            let pass = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+            });
+            if let Ok((log, copied)) = pass {
+                *last = Copied { log, copied };
+                stats.checkpointed(false);
+            }
+            pass
+        };
+        let Ok((_, copied)) = pass else { continue };
+        let fresh = if copied < synced {
+            copied
+        } else {
+            copied - synced
+        };
+        if sync_file && fresh > 0 {
+            // Outside the lock, so the writer's reset is not held up by it. A failed sync
+            // loses nothing: SQLite syncs the file before the WAL may start over.
+            if super::sys::sync_main_file(&conn).is_ok() {
+                stats.file_synced();
+            }
         }
+        synced = copied;
     }
 }
 
