@@ -189,7 +189,11 @@ impl DbBuilder {
     /// Checkpoint the WAL once it holds this many pages (default 1000, SQLite's own
     /// default). Checkpoints run on a background connection (`PASSIVE`), never on the
     /// commit path: SQLite's auto-checkpoint would make the commit that crosses the
-    /// threshold, and every caller in its group, wait for it. `0` turns automatic
+    /// threshold, and every caller in its group, wait for it. After each background pass
+    /// that copied pages, the database file is synced there too (unless
+    /// [`synchronous`](Self::synchronous) is `OFF`; counted in
+    /// [`DbStats::file_syncs`]), so the writer's own checkpoint, the one that lets the WAL
+    /// start over, has little left to sync while writes wait. `0` turns automatic
     /// checkpoints off, leaving them to you.
     pub fn wal_autocheckpoint(mut self, pages: u32) -> Self {
         self.wal_autocheckpoint = pages;
