@@ -144,8 +144,13 @@ async fn writes_until_the_writer_resets(threshold: u32) -> u64 {
 
 /// A `Db` checkpointing at `threshold` pages, with the table `t (id, v BLOB)`.
 async fn with_threshold(tmp: &TempDb, threshold: u32) -> Db {
+    with_settings(tmp, threshold, Synchronous::Normal).await
+}
+
+async fn with_settings(tmp: &TempDb, threshold: u32, sync: Synchronous) -> Db {
     let db = Db::builder(tmp.path())
         .wal_autocheckpoint(threshold)
+        .synchronous(sync)
         .build()
         .await
         .unwrap();
@@ -179,15 +184,7 @@ async fn write_until_background_passes(db: &Db, passes: u64) -> luca_core::DbSta
 async fn background_passes_sync_the_database_file_unless_synchronous_is_off() {
     for sync in [Synchronous::Normal, Synchronous::Full, Synchronous::Off] {
         let tmp = TempDb::new();
-        let db = Db::builder(tmp.path())
-            .wal_autocheckpoint(100)
-            .synchronous(sync)
-            .build()
-            .await
-            .unwrap();
-        db.write(|c| Ok(c.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")?))
-            .await
-            .unwrap();
+        let db = with_settings(&tmp, 100, sync).await;
         let s = write_until_background_passes(&db, 3).await;
         db.close().await.unwrap();
         println!(

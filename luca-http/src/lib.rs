@@ -16,3 +16,7 @@ pub use gate::{GatePermit, HostGate, Refused};
 pub use metrics::{MetricsSnapshot, RunMetrics};
 pub use polite::{PoliteConfig, Politeness, Slot};
 pub use retry_queue::{RetryQueue, RetryQueueError, Scheduled};
+
+/// The `reqwest` the clients are built with, so callers name its types (`Client`,
+/// `Response`, `Url`) at the same version without a dependency of their own.
+pub use reqwest;

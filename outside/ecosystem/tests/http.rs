@@ -5,6 +5,20 @@
 use luca_http::InsecureTls;
 use luca_testkit::{HttpStub, Reply};
 
+/// `GET {base}/page` with `client`; the body of a 2xx answer.
+async fn get_text(client: &luca_http::reqwest::Client, base: &str) -> String {
+    client
+        .get(format!("{base}/page"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {base}/page: {e}"))
+        .error_for_status()
+        .expect("200")
+        .text()
+        .await
+        .expect("body")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_clients_build_and_fetch_from_a_loopback_server() {
     let plain = HttpStub::start().await.expect("HTTP stub");
@@ -19,17 +33,7 @@ async fn both_clients_build_and_fetch_from_a_loopback_server() {
         .await
         .expect("the insecure client builds");
 
-    let body = verified
-        .get(format!("{}/page", plain.url()))
-        .send()
-        .await
-        .expect("plain HTTP with the verifying client")
-        .error_for_status()
-        .expect("200")
-        .text()
-        .await
-        .expect("body");
-    assert_eq!(body, "over http");
+    assert_eq!(get_text(&verified, &plain.url()).await, "over http");
 
     // The stub's certificate is self-signed: the verifying client refuses it before any
     // request reaches the stub, the insecure one accepts it.
@@ -39,16 +43,6 @@ async fn both_clients_build_and_fetch_from_a_loopback_server() {
         "the verifying client accepted a self-signed certificate"
     );
     assert_eq!(tls.hits("/page"), 0);
-    let body = insecure
-        .get(format!("{}/page", tls.url()))
-        .send()
-        .await
-        .expect("HTTPS with the insecure client")
-        .error_for_status()
-        .expect("200")
-        .text()
-        .await
-        .expect("body");
-    assert_eq!(body, "over https");
+    assert_eq!(get_text(&insecure, &tls.url()).await, "over https");
     assert_eq!((plain.hits("/page"), tls.hits("/page")), (1, 1));
 }
