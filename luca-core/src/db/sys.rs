@@ -17,8 +17,10 @@
 
 use rusqlite::{Connection, ffi};
 
-/// Syncs `conn`'s main database file the way SQLite does (`SQLITE_SYNC_NORMAL`: `fsync`,
-/// or `F_FULLFSYNC` where the VFS is set up for it). The error is SQLite's result code.
+/// Syncs `conn`'s main database file with `SQLITE_SYNC_NORMAL`, the flag SQLite's own
+/// checkpoints use for it when `PRAGMA fullfsync` is off (luca never turns it on): the
+/// VFS's `fsync`, or `fdatasync` where SQLite is built to use it. The error is SQLite's
+/// result code.
 pub(crate) fn sync_main_file(conn: &Connection) -> Result<(), std::ffi::c_int> {
     let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
     // SAFETY: `conn.handle()` is the open connection's `sqlite3*`; `&Connection` is not
