@@ -255,7 +255,7 @@ pub(crate) fn checkpoint_loop(
     stats: Arc<StatsInner>,
     sync_file: bool,
 ) {
-    // Frames copied as of the last sync (of this WAL: a smaller count means it started over).
+    // Frames copied as of the last pass.
     let mut synced = 0;
     while wake.recv().is_ok() {
         let pass = {
@@ -273,16 +273,18 @@ pub(crate) fn checkpoint_loop(
             pass
         };
         let Ok((_, copied)) = pass else { continue };
-        let fresh = if copied < synced {
-            copied
-        } else {
-            copied - synced
-        };
-        if sync_file && fresh > 0 {
+        // Frames were copied since the last sync (a different count, also when the WAL
+        // started over in between).
+        if sync_file && copied > 0 && copied != synced {
             // Outside the lock, so the writer's reset is not held up by it. A failed sync
             // loses nothing: SQLite syncs the file before the WAL may start over.
-            if super::sys::sync_main_file(&conn).is_ok() {
-                stats.file_synced();
+            match super::sys::sync_main_file(&conn) {
+                Ok(()) => stats.file_synced(),
+                Err(code) => tracing::debug!(
+                    target: "luca_core::db",
+                    code,
+                    "sync of the database file after a background checkpoint failed"
+                ),
             }
         }
         synced = copied;
