@@ -1160,9 +1160,9 @@ fn main() -> ExitCode {
     if !luca_stats.is_empty() {
         println!("\nluca Db, group commit as db.stats() saw it (sums and maxima over the passes):");
         println!(
-            "| system | workload | N | commits | writes / commit | largest group | max queue depth | checkpoints (background + writer) per pass | checkpoints per 20 000 writes |"
+            "| system | workload | N | commits | writes / commit | inline writes | largest group | max queue depth | checkpoints (background + writer) per pass | checkpoints per 20 000 writes |"
         );
-        println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+        println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
         for &workload in &args.workloads {
             for system in [LUCA, LUCA_FULL] {
                 for &n in &args.writers {
@@ -1180,9 +1180,10 @@ fn main() -> ExitCode {
                     let background: u64 = runs.iter().map(|s| s.checkpoints).sum();
                     let inline: u64 = runs.iter().map(|s| s.inline_checkpoints).sum();
                     println!(
-                        "| {system} | {} | {n} | {commits} | {:.1} | {} | {} | {:.0} + {:.0} | {:.0} |",
+                        "| {system} | {} | {n} | {commits} | {:.1} | {} | {} | {} | {:.0} + {:.0} | {:.0} |",
                         workload.name(),
                         writes as f64 / commits.max(1) as f64,
+                        runs.iter().map(|s| s.inline_writes).sum::<u64>(),
                         runs.iter().map(|s| s.group_sizes.max).max().unwrap_or(0),
                         runs.iter().map(|s| s.max_queue_depth).max().unwrap_or(0),
                         background as f64 / passes,

@@ -256,6 +256,106 @@ async fn writes_queued_behind_a_running_write_are_not_overtaken_by_inline_ones()
     );
 }
 
+/// A write on a thread of its own that holds the path until the sender is used (or
+/// dropped); returns once its closure runs.
+fn hold_the_path(
+    db: &Db,
+) -> (
+    std::sync::mpsc::Sender<()>,
+    std::thread::JoinHandle<luca_core::Result<()>>,
+) {
+    let (release, wait) = std::sync::mpsc::channel::<()>();
+    let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
+    let db = db.clone();
+    let holder = std::thread::spawn(move || {
+        db.write_blocking(move |c| {
+            let _ = entered_tx.send(());
+            let _ = wait.recv_timeout(Duration::from_secs(30));
+            c.execute("INSERT INTO t (who) VALUES ('holder')", [])?;
+            Ok(())
+        })
+    });
+    entered_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    (release, holder)
+}
+
+/// Polls `f` once; it must be pending (a queued write).
+async fn poll_once_pending<F: std::future::Future>(f: std::pin::Pin<&mut F>) {
+    let mut f = Some(f);
+    std::future::poll_fn(|cx| {
+        let f = f.take().expect("polled once");
+        assert!(f.poll(cx).is_pending(), "the write ran past a held path");
+        std::task::Poll::Ready(())
+    })
+    .await;
+}
+
+/// Waits until `n` writes were answered, then until the writer thread has long stopped
+/// waiting for its group to come back: the path is idle.
+async fn until_answered(db: &Db, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while db.stats().writes_ok < n {
+        assert!(
+            Instant::now() < deadline,
+            "the queued write was never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_goes_to_the_writer_thread_while_an_answered_one_is_not_yet_taken() {
+    let tmp = TempDb::new();
+    let db = setup(Db::builder(tmp.path()).inline_limit(Duration::from_secs(10))).await;
+    let (release, holder) = hold_the_path(&db);
+    // Write `a` is queued behind it (polled once), then answered, but its task does not
+    // take the answer yet: as a task does whose worker is busy with other tasks.
+    let mut a = std::pin::pin!(where_it_ran(&db, "a"));
+    poll_once_pending(a.as_mut()).await;
+    assert_eq!(db.stats().queue_depth, 1);
+    release.send(()).unwrap();
+    holder.join().unwrap().unwrap();
+    until_answered(&db, 3).await;
+    let inline_before = db.stats().inline_writes;
+    assert_eq!(
+        where_it_ran(&db, "b").await,
+        WRITER,
+        "with `a`'s answer not yet taken, `b` must not run alone on its caller's thread"
+    );
+    assert_eq!(db.stats().inline_writes, inline_before);
+    assert_eq!(a.await, WRITER);
+    // `a` taken: the next lone write runs inline again.
+    assert_ne!(where_it_ran(&db, "c").await, WRITER);
+    assert_eq!(db.stats().inline_writes, inline_before + 1);
+    db.close().await.unwrap();
+    assert_eq!(rows(tmp.path()), ["holder", "a", "b", "c"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_write_does_not_keep_later_ones_off_their_callers_thread() {
+    let tmp = TempDb::new();
+    let db = setup(Db::builder(tmp.path()).inline_limit(Duration::from_secs(10))).await;
+    // Never polled: never under way.
+    drop(where_it_ran(&db, "never"));
+    let (release, holder) = hold_the_path(&db);
+    // Queued, then dropped: it still commits (a queued write is not cancelled), and it
+    // stops counting as under way when dropped.
+    let mut queued = Box::pin(where_it_ran(&db, "dropped"));
+    poll_once_pending(queued.as_mut()).await;
+    drop(queued);
+    release.send(()).unwrap();
+    holder.join().unwrap().unwrap();
+    until_answered(&db, 3).await;
+    assert_ne!(
+        where_it_ran(&db, "lone").await,
+        WRITER,
+        "a lone write after a dropped one should run inline"
+    );
+    db.close().await.unwrap();
+    assert_eq!(rows(tmp.path()), ["holder", "dropped", "lone"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_writers_mix_inline_and_queued_writes_and_every_answer_matches_the_file() {
     let tmp = TempDb::new();

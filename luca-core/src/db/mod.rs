@@ -81,6 +81,11 @@ struct Inner {
     inline_limit: Duration,
     /// Moving average of reads' time in their closure, in ns.
     avg_read_ns: Arc<std::sync::atomic::AtomicU64>,
+    /// Calls of [`Db::write`] and [`Db::write_blocking`] under way: from the call until
+    /// the caller has its answer (or drops the call). A write runs inline only when it is
+    /// the only one: an answered write whose task has not run yet comes back soon, and
+    /// the writer thread groups it with the others.
+    writes_in_flight: std::sync::atomic::AtomicUsize,
     /// Places in the bounded write queue (queued or running writes).
     room: Arc<Semaphore>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -100,6 +105,23 @@ impl Drop for Inner {
             // Never blocks, so dropping the last handle inside async code is fine too.
             rt.shutdown_background();
         }
+    }
+}
+
+/// Counts one call of [`Db::write`] in [`Inner::writes_in_flight`] for as long as it lives
+/// (also when its future is dropped unfinished).
+struct InFlight<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn enter(count: &'a std::sync::atomic::AtomicUsize) -> InFlight<'a> {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        InFlight(count)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -253,7 +275,7 @@ impl DbBuilder {
         self
     }
 
-    /// Inline writes: while no other write is queued or running, a write runs on the
+    /// Inline writes: while no other write is under way, a write runs on the
     /// calling thread instead of being handed to the writer thread and back — the same
     /// transaction, hooks and answer, without two thread wake-ups (about 20 µs on a small
     /// machine, most of a short write's cost). See "Inline writes" on [`Db::write`].
@@ -437,6 +459,7 @@ impl DbBuilder {
                     self.inline_limit
                 },
                 avg_read_ns: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+                writes_in_flight: std::sync::atomic::AtomicUsize::new(0),
                 room,
                 writer_thread: Mutex::new(Some(thread)),
                 stats,
@@ -684,8 +707,9 @@ impl Db {
     /// commit. The other writes of its group are run again without it and committed.
     ///
     /// # Inline writes
-    /// When no other write is queued or running, `f` runs on the calling thread, inside
-    /// this call, instead of on the writer thread (see [`DbBuilder::inline_limit`]): same
+    /// When no other write is under way (queued, running, or answered but not yet taken
+    /// by its caller), `f` runs on the calling thread, inside this call, instead of on
+    /// the writer thread (see [`DbBuilder::inline_limit`]): same
     /// transaction, hooks and guarantees, without two thread wake-ups. It never waits for
     /// a lock there: when another process holds the write lock, the write goes to the
     /// writer thread, which waits per the retry policy. So `f` holds its caller's thread
@@ -696,7 +720,10 @@ impl Db {
     /// of the caller's runtime (on a current-thread runtime that task could never run) —
     /// with [`DbBuilder::inline_limit`]`(Duration::ZERO)` every write runs on the writer
     /// thread. A task that writes in a loop still yields to its runtime now and then
-    /// (tokio's cooperative budget).
+    /// (tokio's cooperative budget). With other writers about, every write goes to the
+    /// writer thread, also while its queue is empty for a moment: their tasks, answered
+    /// and about to write again, are grouped with it instead of waiting for a worker that
+    /// one task keeps busy with writes of its own.
     ///
     /// # Backpressure and cancellation
     /// At most [`DbBuilder::max_queue`] writes are queued or running; a write that finds
@@ -726,6 +753,7 @@ impl Db {
         T: Send + 'static,
     {
         self.not_on_writer("Db::write")?;
+        let _in_flight = InFlight::enter(&self.inner.writes_in_flight);
         if let Some(answer) = self.try_inline(&mut f, blocking) {
             contain_drop(&self.inner.stats, f);
             // A task writing in a loop still yields to its runtime now and then.
@@ -779,6 +807,15 @@ impl Db {
     {
         let inner = &*self.inner;
         if inner.inline_limit.is_zero()
+            // Another write is under way (queued, running, or answered but not yet taken
+            // by its task): this one goes to the writer thread, which groups them. Left
+            // inline, a task writing in a loop would keep the path to itself while the
+            // tasks answered before it wait for its worker (up to tokio's budget, 128
+            // writes), and no write would be grouped.
+            || inner
+                .writes_in_flight
+                .load(std::sync::atomic::Ordering::SeqCst)
+                > 1
             || inner
                 .stats
                 .queue_depth
