@@ -969,8 +969,9 @@ impl Writer {
                     self.committed(batch.len(), changes);
                     self.savepoint_groups = self.savepoint_groups.saturating_sub(1);
                     attempts.finish(true);
+                    let now = Instant::now();
                     for (entry, outcome) in batch.into_iter().zip(outcomes) {
-                        self.finish(entry, outcome);
+                        self.finish_at(entry, outcome, now);
                     }
                     return;
                 }
@@ -1330,12 +1331,18 @@ impl Writer {
 
     /// Counts one answer and keeps it until the lock is released (see [`send_answers`]).
     fn finish(&self, entry: Entry, outcome: Result<()>) {
+        self.finish_at(entry, outcome, Instant::now());
+    }
+
+    /// [`Writer::finish`] with the time of the answer read once for a whole group.
+    fn finish_at(&self, entry: Entry, outcome: Result<()>, now: Instant) {
         let counted = match &outcome {
             Ok(()) => Outcome::Ok,
             Err(Error::Panicked { .. }) => Outcome::Panicked,
             Err(_) => Outcome::Failed,
         };
-        self.stats.answered(counted, entry.job.enqueued().elapsed());
+        self.stats
+            .answered(counted, now.saturating_duration_since(entry.job.enqueued()));
         self.answers.borrow_mut().push((entry.job, outcome));
     }
 }
