@@ -8,8 +8,9 @@
 //! writes are queued, the writer commits them together: one `BEGIN IMMEDIATE … COMMIT`,
 //! each caller's closure in its own `SAVEPOINT` (adaptive group commit; a lone writer
 //! commits alone). A caller is answered only after the shared `COMMIT` succeeded. When
-//! the path is idle, a short write runs on the caller's thread instead, skipping the
-//! hop to the writer thread and back ([`DbBuilder::inline_limit`]).
+//! the path is idle and no other write is under way, a short write runs on the caller's
+//! thread instead, skipping the hop to the writer thread and back
+//! ([`DbBuilder::inline_limit`]).
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -285,8 +286,8 @@ impl DbBuilder {
     /// `limit` (default [`DEFAULT_INLINE_LIMIT`](Self::DEFAULT_INLINE_LIMIT)): where writes
     /// are that short the hop is their main cost, and the async worker is held no longer
     /// than one short write; where they are longer, the hop costs little and the worker
-    /// stays free. [`Db::write_blocking`] runs inline whenever the path is idle (its
-    /// caller waits either way). `Duration::ZERO` turns inline writes off: every write
+    /// stays free. [`Db::write_blocking`] runs inline whenever the path is idle and no
+    /// other write is under way, whatever the average (its caller waits either way). `Duration::ZERO` turns inline writes off: every write
     /// runs on the writer thread. Also off while [`max_wait`](Self::max_wait) is set
     /// (a write waiting for company cannot run alone on its caller's thread).
     pub fn inline_limit(mut self, limit: Duration) -> Self {
