@@ -1,7 +1,7 @@
 //! Inline writes: a write that finds the write path idle, with no other write under way,
-//! runs on its caller's thread. Where it runs is observed through the thread's name inside the closure (the writer
-//! thread is `luca-db-writer`). Real files, tasks, threads and a second connection that
-//! holds the write lock like another process would.
+//! runs on its caller's thread. Where it runs is observed through the thread's name
+//! inside the closure (the writer thread is `luca-db-writer`). Real files, tasks, threads
+//! and a second connection that holds the write lock like another process would.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
