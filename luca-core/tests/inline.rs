@@ -192,12 +192,55 @@ async fn a_task_writing_in_a_loop_lets_other_tasks_of_its_runtime_run() {
             break;
         }
     }
+    // Within a turn of 16 inline operations (not tokio's budget of 128).
+    let seen_at = seen_at.expect("2000 inline writes in a loop never let the other task run");
     assert!(
-        seen_at.is_some(),
-        "2000 inline writes in a loop never let the other task run"
+        seen_at < 16,
+        "the other task ran only after {} inline writes",
+        seen_at + 1
     );
     other.await.unwrap();
     db.close().await.unwrap();
+}
+
+#[test]
+fn write_blocking_in_a_loop_on_an_async_worker_completes() {
+    // The wrong context on purpose: the blocking API inside a task, more times than a
+    // turn of inline operations. It stalls its worker while it runs, but must finish.
+    let tmp = TempDb::new();
+    let path = tmp.path().to_path_buf();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let outcome = rt.block_on(async move {
+            let db = setup(Db::builder(&path).inline_limit(Duration::from_secs(10))).await;
+            let mut inline = 0;
+            for i in 0..40 {
+                let ran = db.write_blocking(move |c| {
+                    c.execute("INSERT INTO t (who) VALUES (?1)", [format!("b{i}")])?;
+                    Ok(thread_name())
+                })?;
+                inline += usize::from(ran != WRITER);
+            }
+            db.close().await?;
+            Ok::<_, luca_core::Error>(inline)
+        });
+        let _ = done_tx.send(outcome);
+    });
+    let inline = done_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("40 write_blocking calls on an async worker did not finish within 60 s")
+        .unwrap();
+    // More than a turn of them ran inline (a write that found the writer thread still
+    // busy with the one before runs there instead).
+    assert!(
+        inline > 16,
+        "only {inline} of 40 blocking writes ran inline"
+    );
+    assert_eq!(rows(tmp.path()).len(), 40);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -514,24 +557,68 @@ async fn a_panicking_inline_read_is_an_error_and_its_connection_is_not_reused() 
 }
 
 #[tokio::test(flavor = "current_thread")]
+async fn more_readers_than_workers_take_turns_read_by_read() {
+    let tmp = TempDb::new();
+    let db = setup(Db::builder(tmp.path()).inline_limit(Duration::from_secs(10))).await;
+    // Two reader connections open (their first checkouts wait for them).
+    let _ = tokio::join!(read_where(&db), read_where(&db));
+    // Two tasks reading in a loop on the one worker of this runtime.
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let readers: Vec<_> = (0..2u8)
+        .map(|id| {
+            let (db, log) = (db.clone(), Arc::clone(&log));
+            tokio::spawn(async move {
+                for _ in 0..200 {
+                    read_where(&db).await;
+                    log.lock().unwrap().push(id);
+                }
+            })
+        })
+        .collect();
+    for r in readers {
+        r.await.unwrap();
+    }
+    let log = log.lock().unwrap().clone();
+    assert_eq!(log.len(), 400);
+    // Once both are under way (the start and the end aside), they alternate read by
+    // read, not in turns of 16 inline reads.
+    let middle = &log[20..380];
+    let longest = middle
+        .chunk_by(|a, b| a == b)
+        .map(<[u8]>::len)
+        .max()
+        .unwrap();
+    assert!(
+        longest <= 2,
+        "a reader ran {longest} reads in a row while the other waited for the worker"
+    );
+    db.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "current_thread")]
 async fn a_task_reading_in_a_loop_lets_other_tasks_of_its_runtime_run() {
     let tmp = TempDb::new();
     let db = setup(Db::builder(tmp.path()).inline_limit(Duration::from_secs(10))).await;
     let here = std::thread::current().id();
+    // The pool's connection open (its first checkout waits for it).
+    assert_eq!(read_where(&db).await.1, here);
     let ran = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&ran);
     let other = tokio::spawn(async move { flag.store(true, Ordering::SeqCst) });
-    let mut seen = false;
-    for _ in 0..2_000 {
+    let mut seen_at = None;
+    for i in 0..2_000 {
         assert_eq!(read_where(&db).await.1, here);
         if ran.load(Ordering::SeqCst) {
-            seen = true;
+            seen_at = Some(i);
             break;
         }
     }
+    // Within a turn of 16 inline operations (not tokio's budget of 128).
+    let seen_at = seen_at.expect("2000 inline reads in a loop never let the other task run");
     assert!(
-        seen,
-        "2000 inline reads in a loop never let the other task run"
+        seen_at < 16,
+        "the other task ran only after {} inline reads",
+        seen_at + 1
     );
     other.await.unwrap();
     db.close().await.unwrap();

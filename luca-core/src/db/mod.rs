@@ -87,6 +87,11 @@ struct Inner {
     /// the only one: an answered write whose task has not run yet comes back soon, and
     /// the writer thread groups it with the others.
     writes_in_flight: std::sync::atomic::AtomicUsize,
+    /// Calls of [`Db::read`] under way, counted the same way.
+    reads_in_flight: std::sync::atomic::AtomicUsize,
+    /// Worker threads of the runtime the handle was opened in: with more reads under way
+    /// than that, some reading task is waiting for a worker.
+    workers: usize,
     /// Places in the bounded write queue (queued or running writes).
     room: Arc<Semaphore>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -109,8 +114,37 @@ impl Drop for Inner {
     }
 }
 
-/// Counts one call of [`Db::write`] in [`Inner::writes_in_flight`] for as long as it lives
-/// (also when its future is dropped unfinished).
+/// Inline reads and writes a thread runs before its runtime's other tasks get a turn.
+/// An inline operation is ready at once, so a task reading in a loop would otherwise keep
+/// its worker until tokio's cooperative budget runs out (128 operations): with 64 tasks
+/// reading on two workers, each task's first read after such a turn waited for the
+/// other tasks' 128 reads each (about 8 ms in the benchmark's read section).
+const INLINE_TURN: u32 = 16;
+
+thread_local! {
+    /// Inline operations run on this thread since its last turn ended.
+    static INLINE_STREAK: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// After an inline read or write: every [`INLINE_TURN`] of them on this thread, the task
+/// yields (to the back of its runtime's queue); otherwise it spends its cooperative
+/// budget as any other ready operation.
+async fn inline_turn() {
+    let turn_over = INLINE_STREAK.with(|streak| {
+        let n = streak.get() + 1;
+        streak.set(if n >= INLINE_TURN { 0 } else { n });
+        n >= INLINE_TURN
+    });
+    if turn_over {
+        tokio::task::yield_now().await;
+    } else {
+        tokio::task::coop::consume_budget().await;
+    }
+}
+
+/// Counts one call of [`Db::write`] in [`Inner::writes_in_flight`] (or of [`Db::read`] in
+/// [`Inner::reads_in_flight`]) for as long as it lives (also when its future is dropped
+/// unfinished).
 struct InFlight<'a>(&'a std::sync::atomic::AtomicUsize);
 
 impl<'a> InFlight<'a> {
@@ -461,6 +495,8 @@ impl DbBuilder {
                 },
                 avg_read_ns: Arc::new(std::sync::atomic::AtomicU64::new(0)),
                 writes_in_flight: std::sync::atomic::AtomicUsize::new(0),
+                reads_in_flight: std::sync::atomic::AtomicUsize::new(0),
+                workers: runtime.metrics().num_workers().max(1),
                 room,
                 writer_thread: Mutex::new(Some(thread)),
                 stats,
@@ -566,7 +602,10 @@ impl Db {
     /// this call — a hop to a blocking thread and back would cost more than the read;
     /// otherwise (long scans, and with `inline_limit(Duration::ZERO)`) on tokio's blocking
     /// pool, never on the async worker. As for inline writes, `f` must not wait for
-    /// another task of the caller's runtime.
+    /// another task of the caller's runtime. A task reading in a loop lets the other
+    /// tasks of its worker run: after each inline read while more reads are under way
+    /// than the runtime has workers (a reading task is waiting for one), otherwise after
+    /// every 16 inline operations of its thread.
     ///
     /// A connection `f` leaves inside an open transaction is rolled back before anyone
     /// else gets it; a panic in `f` is returned as [`Error::Panicked`] and the connection
@@ -581,6 +620,7 @@ impl Db {
         T: Send + 'static,
     {
         let inner = &self.inner;
+        let _in_flight = InFlight::enter(&inner.reads_in_flight);
         let conn = inner.readers.get().await.map_err(|e| self.pool_error(e))?;
         inner
             .stats
@@ -608,8 +648,17 @@ impl Db {
             };
             note_read(&inner.avg_read_ns, started);
             let outcome = self.settle_read(conn, ran);
-            // A task reading in a loop still yields to its runtime now and then.
-            tokio::task::coop::consume_budget().await;
+            if inner
+                .reads_in_flight
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > inner.workers
+            {
+                // More readers than workers: some reading task waits for this worker, and
+                // gets it now, not after this task's next reads.
+                tokio::task::yield_now().await;
+            } else {
+                inline_turn().await;
+            }
             return outcome;
         }
         let stats = Arc::clone(&inner.stats);
@@ -720,8 +769,8 @@ impl Db {
     /// into this runtime such as [`Db::read_blocking`]); it must not wait for another task
     /// of the caller's runtime (on a current-thread runtime that task could never run) —
     /// with [`DbBuilder::inline_limit`]`(Duration::ZERO)` every write runs on the writer
-    /// thread. A task that writes in a loop still yields to its runtime now and then
-    /// (tokio's cooperative budget). With other writers about, every write goes to the
+    /// thread. A task that writes in a loop still lets the other tasks of its worker run:
+    /// it yields after every 16 inline operations of its thread. With other writers about, every write goes to the
     /// writer thread, also while its queue is empty for a moment: their tasks, answered
     /// and about to write again, are grouped with it instead of waiting for a worker that
     /// one task keeps busy with writes of its own.
@@ -757,8 +806,11 @@ impl Db {
         let _in_flight = InFlight::enter(&self.inner.writes_in_flight);
         if let Some(answer) = self.try_inline(&mut f, blocking) {
             contain_drop(&self.inner.stats, f);
-            // A task writing in a loop still yields to its runtime now and then.
-            tokio::task::coop::consume_budget().await;
+            // A blocking caller holds its thread anyway; on an async worker, a yield
+            // inside its `block_on` would wait for a turn that worker never gives.
+            if !blocking {
+                inline_turn().await;
+            }
             return answer;
         }
         let permit = match self.inner.room.clone().try_acquire_owned() {
