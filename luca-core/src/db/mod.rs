@@ -321,9 +321,10 @@ impl DbBuilder {
     /// are that short the hop is their main cost, and the async worker is held no longer
     /// than one short write; where they are longer, the hop costs little and the worker
     /// stays free. [`Db::write_blocking`] runs inline whenever the path is idle and no
-    /// other write is under way, whatever the average (its caller waits either way). `Duration::ZERO` turns inline writes off: every write
-    /// runs on the writer thread. Also off while [`max_wait`](Self::max_wait) is set
-    /// (a write waiting for company cannot run alone on its caller's thread).
+    /// other write is under way, whatever the average (its caller waits either way).
+    /// `Duration::ZERO` turns inline writes off: every write runs on the writer thread.
+    /// Also off while [`max_wait`](Self::max_wait) is set (a write waiting for company
+    /// cannot run alone on its caller's thread).
     pub fn inline_limit(mut self, limit: Duration) -> Self {
         self.inline_limit = limit;
         self
@@ -759,10 +760,10 @@ impl Db {
     /// # Inline writes
     /// When no other write is under way (queued, running, or answered but not yet taken
     /// by its caller), `f` runs on the calling thread, inside this call, instead of on
-    /// the writer thread (see [`DbBuilder::inline_limit`]): same
-    /// transaction, hooks and guarantees, without two thread wake-ups. It never waits for
-    /// a lock there: when another process holds the write lock, the write goes to the
-    /// writer thread, which waits per the retry policy. So `f` holds its caller's thread
+    /// the writer thread (see [`DbBuilder::inline_limit`]): same transaction, hooks and
+    /// guarantees, without two thread wake-ups. It never waits for a lock there: when
+    /// another process holds the write lock, the write goes to the writer thread, which
+    /// waits per the retry policy. So `f` holds its caller's thread
     /// (an async worker) for as long as it runs itself — the default limit keeps that
     /// to paths whose writes take at most 250 µs on average. Consequences for `f`: it
     /// cannot count on running on a thread of its own (thread-locals, a blocking call
@@ -770,10 +771,10 @@ impl Db {
     /// of the caller's runtime (on a current-thread runtime that task could never run) —
     /// with [`DbBuilder::inline_limit`]`(Duration::ZERO)` every write runs on the writer
     /// thread. A task that writes in a loop still lets the other tasks of its worker run:
-    /// it yields after every 16 inline operations of its thread. With other writers about, every write goes to the
-    /// writer thread, also while its queue is empty for a moment: their tasks, answered
-    /// and about to write again, are grouped with it instead of waiting for a worker that
-    /// one task keeps busy with writes of its own.
+    /// it yields after every 16 inline operations of its thread. With other writers
+    /// about, every write goes to the writer thread, also while its queue is empty for a
+    /// moment: their tasks, answered and about to write again, are grouped with it
+    /// instead of waiting for a worker that one task keeps busy with writes of its own.
     ///
     /// # Backpressure and cancellation
     /// At most [`DbBuilder::max_queue`] writes are queued or running; a write that finds
