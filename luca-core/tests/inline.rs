@@ -556,6 +556,44 @@ async fn a_panicking_inline_read_is_an_error_and_its_connection_is_not_reused() 
     db.close().await.unwrap();
 }
 
+#[test]
+fn read_blocking_from_many_threads_in_loops_completes() {
+    // Threaded code on a handle opened outside any runtime: more readers than the
+    // handle's runtime has workers, each past a turn of inline reads; the turns' yields
+    // must not leave a blocking caller waiting.
+    let tmp = TempDb::new();
+    let db = Db::builder(tmp.path())
+        .inline_limit(Duration::from_secs(10))
+        .build_blocking()
+        .unwrap();
+    db.write_blocking(|c| {
+        Ok(c.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, who TEXT NOT NULL)")?)
+    })
+    .unwrap();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    for _ in 0..6 {
+        let (db, done_tx) = (db.clone(), done_tx.clone());
+        std::thread::spawn(move || {
+            let mut total = 0;
+            for _ in 0..100 {
+                total += db
+                    .read_blocking(|c| {
+                        Ok(c.query_row("SELECT count(*) + 1 FROM t", [], |r| r.get::<_, i64>(0))?)
+                    })
+                    .unwrap();
+            }
+            let _ = done_tx.send(total);
+        });
+    }
+    for _ in 0..6 {
+        let total = done_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("100 read_blocking calls on each of 6 threads did not finish within 60 s");
+        assert_eq!(total, 100);
+    }
+    assert_eq!(db.stats().reads, 600);
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn more_readers_than_workers_take_turns_read_by_read() {
     let tmp = TempDb::new();
