@@ -96,7 +96,9 @@ async fn slow_writes_move_to_the_writer_thread_and_short_ones_come_back() {
         }
     }
     first_on_thread.expect("slow writes never left the caller's thread");
-    // `write_blocking` runs inline whenever the path is idle, whatever the average.
+    // `write_blocking` runs inline whenever the path is idle, whatever the average (once
+    // the writer thread is back waiting for work after that slow write).
+    tokio::time::sleep(Duration::from_millis(50)).await;
     let blocking_db = db.clone();
     let ran = tokio::task::spawn_blocking(move || {
         blocking_db.write_blocking(|c| {
@@ -115,6 +117,9 @@ async fn slow_writes_move_to_the_writer_thread_and_short_ones_come_back() {
             back_inline = true;
             break;
         }
+        // A moment for the writer thread to be back waiting for work: a write called
+        // while it still finishes the last one is queued, whatever the average.
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
     assert!(
         back_inline,
@@ -368,7 +373,9 @@ async fn a_write_goes_to_the_writer_thread_while_an_answered_one_is_not_yet_take
     );
     assert_eq!(db.stats().inline_writes, inline_before);
     assert_eq!(a.await, WRITER);
-    // `a` taken: the next lone write runs inline again.
+    // `a` taken, and the writer thread done with `b`: the next lone write runs inline
+    // again.
+    until_answered(&db, 4).await;
     assert_ne!(where_it_ran(&db, "c").await, WRITER);
     assert_eq!(db.stats().inline_writes, inline_before + 1);
     db.close().await.unwrap();
